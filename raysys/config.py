@@ -1,0 +1,310 @@
+"""Typed configuration: one section per stage, loaded from YAML with strict dotted overrides.
+
+    cfg = load_config("jobs/configs/ml100k.yaml", ["data.max_len=100", "distill.lambda_kd=0.5"])
+
+Unknown keys and wrong types raise `RaysysError` naming the dotted key. Every section is a pydantic
+model with explicit defaults, so a YAML file only states what differs from them, and
+`cfg.to_dict()` round-trips through `Config.model_validate`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from raysys.errors import RaysysError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Section):
+    """The embedded default data: interaction logs with planted sequential structure."""
+
+    num_users: int = Field(2000, ge=1)
+    num_items: int = Field(1000, ge=10)
+    num_interactions: int = Field(50_000, ge=1000)
+    num_topics: int = Field(20, ge=1)
+    cold_item_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # items that appear only in valid/test
+    seed: int = 0
+
+
+class DataConfig(Section):
+    """Where the interaction log is and how it is read, validated, filtered and split."""
+
+    path: str | None = None  # file, directory or glob; None = generate the synthetic default
+    format: Literal["auto", "parquet", "csv", "movielens", "recbole", "sequence", "synthetic"] = "auto"
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str = "timestamp"
+    rating_col: str | None = "rating"  # optional column; missing in the file is fine
+    event_col: str | None = None  # optional event type column (e.g. click / purchase / dislike)
+    csv_delimiter: str = ","
+    item_path: str | None = None  # optional item side file (item id + text fields)
+    item_text_fields: list[str] | None = None  # None = every text field the item file has
+    on_bad_rows: Literal["fail", "drop"] = "fail"
+    cache_dir: str = "~/.cache/raysys/datasets"
+    min_user_interactions: int = Field(0, ge=0)  # iterated k-core; 0 = no filter
+    min_item_interactions: int = Field(0, ge=0)
+    max_len: int = Field(50, ge=2)  # training window length (does not change the prepared data)
+    seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class ModelConfig(Section):
+    """Shared shape of teacher and student: a transformer over item sequences."""
+
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int | None = None  # None = 4 * hidden_size
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    use_text: bool = False  # add projected item-text embeddings to the item-ID embeddings
+    init_std: float = 0.02
+
+
+class TeacherConfig(ModelConfig):
+    """The large teacher, built from Hugging Face `transformers` classes."""
+
+    arch: Literal["bert", "gpt2", "llama"] = "gpt2"
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+class StudentConfig(ModelConfig):
+    """The small student served online: a plain causal transformer."""
+
+    arch: Literal["causal"] = "causal"
+
+
+class TrainingConfig(Section):
+    """Controls shared by every training loop (pretrain, fine-tune, distill)."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    grad_clip: float | None = 1.0
+    grad_accum: int = Field(1, ge=1)
+    seed: int = 0
+    loss: Literal["full", "sampled"] = "full"  # softmax over the whole catalog or sampled negatives
+    num_negatives: int = Field(256, ge=1)  # uniform negatives for the sampled softmax
+    mask_prob: float = Field(0.2, gt=0, lt=1)  # Cloze masking rate
+    cl_temperature: float = Field(1.0, gt=0)  # InfoNCE temperature of the contrastive loss
+    patience: int = Field(5, ge=1)  # early stopping: epochs without a better validation NDCG@10
+    num_workers: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+
+
+class PretrainConfig(TrainingConfig):
+    """Teacher pretraining: a weighted mix of self-supervised objectives, or a fine-tune task."""
+
+    task: Literal["pretrain", "next_item", "ctr"] = "pretrain"
+    init_from: str | None = None  # a model directory to fine-tune from
+    weight_next_item: float = Field(1.0, ge=0)
+    weight_masked_item: float = Field(0.0, ge=0)
+    weight_contrastive: float = Field(0.0, ge=0)
+
+
+class DistillConfig(TrainingConfig):
+    """Student training: L = L_rec + lambda_ssl * L_ssl + lambda_kd * L_kd from a frozen teacher."""
+
+    teacher: str | None = None  # the teacher's model directory
+    lambda_ssl: float = Field(0.1, ge=0)
+    lambda_kd: float = Field(1.0, ge=0)
+    temperature: float = Field(2.0, gt=0)
+    kd_topk: int | None = None  # None = KL over the whole catalog, else over the teacher's top-K
+    lambda_hidden: float = Field(0.0, ge=0)  # hidden-state alignment (projection + MSE)
+
+
+class EvalConfig(Section):
+    """Full-ranking evaluation: the protocol, cut-offs and slices."""
+
+    ks: list[int] = [5, 10, 20]
+    batch_size: int = Field(512, ge=1)
+    exclude_seen: bool = True
+    sampled_negatives: int = Field(0, ge=0)  # > 0 adds sampled_* metrics, labelled as sampled
+    short_history_max: int = Field(5, ge=1)  # slice: users with at most this many interactions
+
+
+class TuneConfig(Section):
+    """Hyper-parameter search over the distill stage."""
+
+    num_samples: int = Field(8, ge=1)
+    searcher: Literal["random", "grid", "optuna", "hyperopt"] = "random"
+    scheduler: Literal["none", "asha", "pbt"] = "asha"
+    max_concurrent: int = Field(1, ge=1)
+    cpus_per_trial: float = Field(1.0, ge=0)
+    seed: int = 0
+
+
+class ServeConfig(Section):
+    """The online endpoint."""
+
+    model_dir: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    num_replicas: int = Field(1, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_history: int = Field(200, ge=1)
+    api_key: str | None = None
+
+
+class PipelineConfig(Section):
+    """The one-command pipeline."""
+
+    run_tune: bool = False
+    force: bool = False
+
+
+class Config(Section):
+    """The whole resolved configuration of a run."""
+
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    distill: DistillConfig = DistillConfig()
+    eval: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
+    serve: ServeConfig = ServeConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML-safe): what crosses the Ray boundary and is saved."""
+        return self.model_dump(mode="json")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config as YAML (the same file `--config` accepts)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+PATH_KEYS = ("data.path", "data.item_path", "distill.teacher", "pretrain.init_from", "serve.model_dir")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config, apply `dotted.key=value` overrides, validate strictly.
+
+    Relative paths written in the YAML file are resolved against the project root of that file
+    (its nearest ancestor holding `pyproject.toml`, else the file's folder); relative paths given
+    as overrides are resolved against the current directory.
+    """
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        raw = _read_yaml(path)
+        _resolve_paths(raw, _project_root(path))
+    cli_raw: dict[str, Any] = {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value)
+        _set_dotted(cli_raw, key, value)
+    _resolve_paths(cli_raw, Path.cwd())
+    for key in PATH_KEYS:
+        value = _get_dotted(cli_raw, key)
+        if value is not None:
+            _set_dotted(raw, key, value)
+    return config_from_dict(raw, where=where)
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
+    """Validate a nested dict into a `Config`, turning pydantic errors into one clear line."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise RaysysError(_format_validation_error(exc), where=where) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RaysysError("config file not found", where=str(path), hint="pass --config FILE (see jobs/configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RaysysError(f"not valid YAML ({str(exc).splitlines()[0]})", where=str(path)) from None
+    if not isinstance(raw, dict):
+        raise RaysysError("a config file must be a mapping of sections (data:, teacher:, ...)", where=str(path))
+    return raw
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key or " " in key:
+        raise RaysysError(f"override {item!r} is not of the form section.key=value", where="command line")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RaysysError(f"cannot set {key!r}: {part!r} is not a section", where="command line")
+        node = child
+    node[parts[-1]] = value
+
+
+def _get_dotted(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    for key in PATH_KEYS:
+        value = _get_dotted(raw, key)
+        if isinstance(value, str) and value and not _is_absolute(value):
+            _set_dotted(raw, key, str((base / value).resolve()))
+
+
+def _is_absolute(value: str) -> bool:
+    return "://" in value or value.startswith("~") or Path(value).is_absolute()
+
+
+def _project_root(config_path: Path) -> Path:
+    for parent in config_path.resolve().parents:
+        if (parent / "pyproject.toml").is_file():
+            return parent
+    return config_path.resolve().parent
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r}")
+        else:
+            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(problems)
+
+
+def config_hash(section: BaseModel, exclude: set[str] | None = None) -> str:
+    """A short stable hash of a config section (used to key caches)."""
+    import hashlib
+
+    payload = json.dumps(section.model_dump(mode="json", exclude=exclude), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""The data stage: read, validate, prepare and batch interaction logs with Ray Data."""

@@ -1,0 +1,34 @@
+"""Shared fixtures: one real local Ray cluster per test session, tiny data, the shared ml-100k."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+ML100K = SHARED_DATA / "ml-100k"
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray cluster shared by the whole session (4 logical CPUs on a 2-core machine,
+    so a Ray Train worker and the Ray Data tasks feeding it never wait for each other)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ml100k_path() -> Path:
+    if not (ML100K / "ml-100k.inter").is_file():
+        pytest.skip(f"shared MovieLens-100K not found at {ML100K}")
+    return ML100K
