@@ -33,6 +33,10 @@ class SyntheticConfig(Section):
     num_interactions: int = Field(50_000, ge=1000)
     num_topics: int = Field(20, ge=1)
     cold_item_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # items that appear only in valid/test
+    cold_target_prob: float = Field(0.15, ge=0.0, le=1.0)  # chance a valid/test target is a cold item
+    follow_prob: float = Field(0.6, ge=0.0, le=1.0)  # chance the next item is a planted successor
+    popularity_exponent: float = Field(1.0, ge=0.0)  # Zipf exponent of item popularity within a topic
+    min_sequence_length: int = Field(5, ge=3)  # shortest user sequence (the long tail starts here)
     seed: int = 0
 
 
@@ -100,6 +104,9 @@ class TrainingConfig(Section):
     num_negatives: int = Field(256, ge=1)  # uniform negatives for the sampled softmax
     mask_prob: float = Field(0.2, gt=0, lt=1)  # Cloze masking rate
     cl_temperature: float = Field(1.0, gt=0)  # InfoNCE temperature of the contrastive loss
+    cl_crop_ratio: float = Field(0.6, gt=0, le=1)  # CL4SRec crop: share of the sequence kept
+    cl_mask_ratio: float = Field(0.3, ge=0, lt=1)  # CL4SRec mask: share of items replaced by the mask token
+    cl_reorder_ratio: float = Field(0.6, gt=0, le=1)  # CL4SRec reorder: share of the sequence shuffled
     patience: int = Field(5, ge=1)  # early stopping: epochs without a better validation NDCG@10
     num_workers: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
@@ -113,6 +120,8 @@ class PretrainConfig(TrainingConfig):
     weight_next_item: float = Field(1.0, ge=0)
     weight_masked_item: float = Field(0.0, ge=0)
     weight_contrastive: float = Field(0.0, ge=0)
+    ctr_rating_threshold: float = 4.0  # CTR task: rating >= threshold is a click, below is an explicit non-click
+    ctr_negatives: int = Field(1, ge=1)  # CTR task: sampled non-clicks per click when the log has no low ratings
 
 
 class DistillConfig(TrainingConfig):

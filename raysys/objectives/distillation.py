@@ -1,0 +1,45 @@
+"""Knowledge distillation from a frozen teacher: softened-softmax KL over the catalog (or over the
+teacher's top-K items) and an optional hidden-state alignment."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    topk: int | None = None,
+) -> torch.Tensor:
+    """KL(teacher || student) of the softmaxes at temperature T, times T^2, [N, V] x [N, V] -> scalar.
+
+    With `topk`, both distributions are renormalised over the teacher's K best items per row, so
+    the student copies the teacher's ranking of what matters without paying for the long tail.
+    The T^2 factor keeps the gradient scale independent of T (Hinton et al., 2015).
+    """
+    teacher_logits = teacher_logits.detach().float()
+    student_logits = student_logits.float()
+    if topk is not None and topk < teacher_logits.shape[-1]:
+        top = teacher_logits.topk(topk, dim=-1).indices  # [N, K]
+        teacher_logits = teacher_logits.gather(-1, top)
+        student_logits = student_logits.gather(-1, top)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
+class HiddenAlignment(nn.Module):
+    """A linear map from the student's hidden size to the teacher's, trained with the student."""
+
+    def __init__(self, student_hidden: int, teacher_hidden: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(student_hidden, teacher_hidden)
+
+    def forward(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+        """MSE between projected student and (detached) teacher states, [N, Hs] x [N, Ht] -> scalar."""
+        projected = self.projection(student_hidden).float()
+        return F.mse_loss(projected, teacher_hidden.detach().float())

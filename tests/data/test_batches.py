@@ -1,0 +1,131 @@
+"""Batch builders: padding/truncation, windows, next-item labels, Cloze masking, CTR pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raysys.config import PretrainConfig
+from raysys.data.batches import (
+    cloze_batch,
+    ctr_pairs,
+    ctr_pairs_from_ray_batch,
+    next_item_batch,
+    pad_histories,
+    pretrain_batch,
+    training_windows,
+    windows_from_ray_batch,
+)
+from raysys.data.dataset import MASK_INDEX
+
+
+def random_sequences(rng: np.random.Generator, count: int, max_length: int, num_items: int = 50) -> list[np.ndarray]:
+    lengths = rng.integers(0, max_length, size=count)
+    return [rng.integers(2, num_items, size=n).astype(np.int32) for n in lengths]
+
+
+def test_pad_histories_left_pads_and_truncates() -> None:
+    out = pad_histories([np.array([5, 6, 7, 8, 9]), np.array([3]), np.array([], dtype=np.int32)], 3)
+    assert out.dtype == np.int64
+    assert out.tolist() == [[7, 8, 9], [0, 0, 3], [0, 0, 0]]
+
+
+def test_windows_are_cut_from_the_end_and_overlap_by_one() -> None:
+    seq = np.arange(2, 12)  # 10 items
+    windows = training_windows([seq, np.array([4]), np.array([5, 6])], max_len=4)
+    assert windows.tolist() == [
+        [7, 8, 9, 10, 11],  # most recent window is complete
+        [3, 4, 5, 6, 7],
+        [0, 0, 0, 2, 3],  # oldest window, left-padded
+        [0, 0, 0, 5, 6],  # a 1-item sequence gives no window
+    ]
+
+
+def test_windows_cover_every_training_item_exactly_once_as_a_label() -> None:
+    rng = np.random.default_rng(0)
+    sequences = random_sequences(rng, 200, 40)
+    windows = training_windows(sequences, max_len=7)
+    labels = next_item_batch(windows)["labels"]
+    got = np.sort(labels[labels > 0])
+    expected = np.sort(np.concatenate([s[1:] for s in sequences]))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_next_item_labels_at_every_position() -> None:
+    batch = next_item_batch(np.array([[0, 0, 4, 5, 6], [2, 3, 4, 5, 6]]))
+    assert batch["input_ids"].tolist() == [[0, 0, 4, 5], [2, 3, 4, 5]]
+    assert batch["labels"].tolist() == [[0, 0, 5, 6], [3, 4, 5, 6]]
+
+
+def test_ray_batch_windows_use_only_the_training_part() -> None:
+    items = np.empty(2, dtype=object)
+    items[:] = [np.array([2, 3, 4, 5, 6, 7], dtype=np.int32), np.array([8, 9, 10], dtype=np.int32)]
+    out = windows_from_ray_batch({"items": items, "train_len": np.array([4, 1])}, max_len=5)
+    assert out["window"].tolist() == [[0, 0, 2, 3, 4, 5]]  # [6, 7] are valid/test; [8] alone has no label
+
+
+def test_cloze_mask_rate_and_labels() -> None:
+    rng = np.random.default_rng(0)
+    seqs = pad_histories(random_sequences(rng, 2000, 60), 50)
+    seqs = seqs[(seqs > 0).sum(1) >= 30]  # long rows: the forced last-item mask barely moves the rate
+    batch = cloze_batch(seqs, mask_prob=0.2, rng=np.random.default_rng(1))
+    masked = batch["input_ids"] == MASK_INDEX
+    assert abs(masked.sum() / (seqs > 0).sum() - 0.2) < 0.01
+    np.testing.assert_array_equal(batch["labels"][masked], seqs[masked])
+    assert np.all(batch["labels"][~masked] == 0)
+    assert np.all(batch["input_ids"][~masked] == seqs[~masked])
+    assert np.all(masked.any(axis=1))
+
+
+def test_cloze_always_masks_something_and_never_padding() -> None:
+    seqs = np.array([[0, 0, 0, 4], [0, 0, 5, 6]])
+    batch = cloze_batch(seqs, mask_prob=0.01, rng=np.random.default_rng(0))
+    assert batch["input_ids"][:, -1].tolist() == [MASK_INDEX, MASK_INDEX]
+    assert np.all(batch["input_ids"][:, :2] == 0)
+
+
+def test_batches_are_deterministic_given_the_seed() -> None:
+    windows = training_windows(random_sequences(np.random.default_rng(0), 50, 30), 10)
+    cfg = PretrainConfig(weight_masked_item=1.0)
+    a = pretrain_batch(windows, cfg, np.random.default_rng(3))
+    b = pretrain_batch(windows, cfg, np.random.default_rng(3))
+    assert set(a) == {"input_ids", "labels", "cloze_input_ids", "cloze_labels"}
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert set(pretrain_batch(windows, PretrainConfig(), np.random.default_rng(3))) == {"input_ids", "labels"}
+
+
+def test_ctr_pairs_with_explicit_low_ratings() -> None:
+    seqs = [np.array([2, 3, 4, 5]), np.array([6, 7])]
+    ratings = [np.array([5.0, 2.0, 4.0, 1.0]), np.array([3.0, 5.0])]
+    pairs = ctr_pairs(seqs, 3, 20, np.random.default_rng(0), ratings=ratings, rating_threshold=4.0)
+    assert pairs["input_ids"].tolist() == [[0, 0, 2], [0, 2, 3], [2, 3, 4], [0, 0, 6]]
+    assert pairs["candidates"].tolist() == [3, 4, 5, 7]
+    assert pairs["labels"].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_ctr_pairs_sample_negatives_without_ratings() -> None:
+    seqs = random_sequences(np.random.default_rng(0), 100, 20, num_items=30)
+    pairs = ctr_pairs(seqs, 5, 30, np.random.default_rng(1), negatives_per_click=2)
+    clicks = sum(max(len(s) - 1, 0) for s in seqs)
+    assert len(pairs["labels"]) == 3 * clicks and pairs["labels"].sum() == clicks
+    positives, negatives = pairs["candidates"][:clicks], pairs["candidates"][clicks:].reshape(2, clicks)
+    assert np.all(negatives != positives) and negatives.min() >= 2 and negatives.max() < 30
+    np.testing.assert_array_equal(pairs["input_ids"][clicks : 2 * clicks], pairs["input_ids"][:clicks])
+
+
+def test_ctr_pairs_from_ray_batch_keep_ratings_aligned() -> None:
+    items = np.empty(1, dtype=object)
+    items[0] = np.array([2, 3, 4, 5], dtype=np.int32)
+    ratings = np.empty(1, dtype=object)
+    ratings[0] = np.array([5.0, 1.0, 5.0, 1.0], dtype=np.float32)
+    batch = {"items": items, "ratings": ratings, "train_len": np.array([3])}
+    pairs = ctr_pairs_from_ray_batch(batch, 4, 10, np.random.default_rng(0))
+    assert pairs["candidates"].tolist() == [3, 4] and pairs["labels"].tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("max_len", [1, 3, 50])
+def test_window_shapes(max_len: int) -> None:
+    windows = training_windows(random_sequences(np.random.default_rng(2), 30, 20), max_len)
+    assert windows.shape[1] == max_len + 1 and windows.dtype == np.int64
+    assert np.all(windows[:, -1] > 0) and np.all(windows[:, -2] > 0)  # every window has a label

@@ -1,0 +1,93 @@
+"""The hand-written student: contract, padding invariance, causality, text, bf16, size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raysys.config import StudentConfig
+from raysys.data.dataset import FIRST_ITEM_INDEX
+from raysys.errors import RaysysError
+from raysys.models.common import NEG_SCORE, count_non_embedding_params
+from raysys.models.student import attention_mask, build_student
+
+NUM_ITEMS, MAX_LEN = 30, 8
+
+
+def history_batch() -> torch.Tensor:
+    return torch.tensor([[0, 0, 0, 5, 6, 7, 8, 9], [0, 0, 0, 0, 0, 0, 0, 3]])
+
+
+def test_contract_shapes_and_defaults() -> None:
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    assert model.is_causal and model.hidden_size == 64 and len(model.blocks) == 2
+    assert model.encode(history_batch()).shape == (2, MAX_LEN, 64)
+    assert model.item_embeddings().shape == (NUM_ITEMS, 64)
+    scores = model.next_item_scores(history_batch())
+    assert scores.shape == (2, NUM_ITEMS)
+    assert torch.all(scores[:, :FIRST_ITEM_INDEX] == NEG_SCORE)
+    # Small enough to serve cheaply: ~0.1 M parameters outside the item table.
+    assert count_non_embedding_params(model) < 150_000
+
+
+def test_left_padding_does_not_change_scores() -> None:
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    padded = model.next_item_scores(history_batch())
+    torch.testing.assert_close(model.next_item_scores(torch.tensor([[5, 6, 7, 8, 9]])), padded[:1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.next_item_scores(torch.tensor([[3]])), padded[1:], atol=1e-5, rtol=0)
+
+
+def test_longer_histories_keep_the_most_recent_items() -> None:
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    long = torch.arange(2, 14)[None]  # 12 items > max_len
+    torch.testing.assert_close(model.next_item_scores(long), model.next_item_scores(long[:, -MAX_LEN:]))
+    with pytest.raises(ValueError, match="max_len"):
+        model.encode(long)
+
+
+def test_hidden_states_ignore_the_future() -> None:
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    a = torch.tensor([[4, 5, 6, 7, 8, 9, 10, 11]])
+    b = a.clone()
+    b[0, 5:] = torch.tensor([20, 21, 22])
+    torch.testing.assert_close(model.encode(a)[:, :5], model.encode(b)[:, :5])
+
+
+def test_attention_mask_is_causal_over_real_items() -> None:
+    mask = attention_mask(torch.tensor([[False, True, True]]))[0, 0]
+    expected = torch.tensor([[True, False, False], [False, True, False], [False, True, True]])
+    assert torch.equal(mask, expected)
+
+
+def test_gradients_are_finite_with_padding() -> None:
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(dropout=0.1), NUM_ITEMS, MAX_LEN).train()
+    loss = torch.nn.functional.cross_entropy(model.next_item_scores(history_batch()), torch.tensor([10, 4]))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bf16_autocast_forward() -> None:
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = model.next_item_scores(history_batch())
+    assert scores.dtype == torch.bfloat16 and torch.isfinite(scores).all()
+
+
+def test_text_embeddings_and_config_errors() -> None:
+    torch.manual_seed(0)
+    text = torch.randn(NUM_ITEMS, 12)
+    model = build_student(StudentConfig(use_text=True), NUM_ITEMS, MAX_LEN, text_emb=text)
+    expected = model.items.id_embedding.weight + text @ model.items.text_projection.weight.T
+    torch.testing.assert_close(model.item_embeddings(), expected)
+    # use_text=False ignores given text embeddings.
+    assert build_student(StudentConfig(), NUM_ITEMS, MAX_LEN, text_emb=text).items.text_projection is None
+    with pytest.raises(RaysysError, match="student.use_text"):
+        build_student(StudentConfig(use_text=True), NUM_ITEMS, MAX_LEN)
+    with pytest.raises(RaysysError, match="student.num_heads"):
+        build_student(StudentConfig(hidden_size=30, num_heads=4), NUM_ITEMS, MAX_LEN)

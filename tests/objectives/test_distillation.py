@@ -1,0 +1,53 @@
+"""Distillation: KL at temperature (full catalog and teacher top-K) and hidden-state alignment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from raysys.objectives.distillation import HiddenAlignment, kd_loss
+
+
+def test_kl_is_zero_when_student_equals_teacher() -> None:
+    logits = torch.randn(6, 40)
+    assert kd_loss(logits, logits.clone(), temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(logits, logits.clone(), temperature=2.0, topk=5).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_matches_the_definition_times_t_squared() -> None:
+    torch.manual_seed(0)
+    student, teacher, t = torch.randn(4, 10), torch.randn(4, 10), 3.0
+    p, q = F.softmax(teacher / t, -1), F.softmax(student / t, -1)
+    expected = (p * (p.log() - q.log())).sum(-1).mean() * t**2
+    assert kd_loss(student, teacher, t).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_topk_kl_renormalises_over_the_teachers_best_items() -> None:
+    teacher = torch.tensor([[5.0, 4.0, 0.0, -1.0]])
+    # The student agrees on the top-2 ordering and gaps but not on the tail: top-2 KL is 0.
+    student = torch.tensor([[1.0, 0.0, 3.0, 9.0]])
+    assert kd_loss(student, teacher, 1.0, topk=2).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(student, teacher, 1.0).item() > 1.0
+    # topk >= catalog size is the full KL.
+    assert kd_loss(student, teacher, 1.0, topk=4).item() == pytest.approx(kd_loss(student, teacher, 1.0).item())
+
+
+def test_kl_gradient_flows_to_the_student_only() -> None:
+    student = torch.randn(3, 12, requires_grad=True)
+    teacher = torch.randn(3, 12, requires_grad=True)
+    loss = kd_loss(student, teacher, 2.0, topk=4)
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+    assert teacher.grad is None
+
+
+def test_hidden_alignment_is_mse_after_projection() -> None:
+    torch.manual_seed(0)
+    align = HiddenAlignment(8, 16)
+    s, t = torch.randn(5, 8), torch.randn(5, 16)
+    expected = F.mse_loss(align.projection(s), t)
+    loss = align(s, t)
+    assert loss.item() == pytest.approx(expected.item())
+    loss.backward()
+    assert align.projection.weight.grad.abs().sum() > 0
