@@ -95,7 +95,9 @@ class PreparedDataset:
 
     def sequences(self, columns: list[str] | None = None) -> pa.Table:
         """All users' rows in one table (fine up to a few million users; Ray workers use `ray_dataset`)."""
-        return pq.read_table(self.path / SEQUENCES_DIR, columns=columns).sort_by("user_index")
+        read = None if columns is None else list(dict.fromkeys(["user_index", *columns]))
+        table = pq.read_table(self.path / SEQUENCES_DIR, columns=read).sort_by("user_index")
+        return table if columns is None else table.select(columns)
 
     def ray_dataset(self, columns: list[str] | None = None):
         """The sequences as a Ray Dataset, streamed from the Parquet shards."""
