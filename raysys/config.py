@@ -143,6 +143,7 @@ class EvalConfig(Section):
     exclude_seen: bool = True
     sampled_negatives: int = Field(0, ge=0)  # > 0 adds sampled_* metrics, labelled as sampled
     short_history_max: int = Field(5, ge=1)  # slice: users with at most this many interactions
+    seed: int = Field(0, ge=0)  # sampled negatives: user u's negatives come from the generator seeded (seed, u)
 
 
 class TuneConfig(Section):
@@ -157,16 +158,29 @@ class TuneConfig(Section):
 
 
 class ServeConfig(Section):
-    """The online endpoint."""
+    """The online endpoint: the Serve application, its deployment options and replica settings."""
 
     model_dir: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    app_name: str = "raysys"
     num_replicas: int = Field(1, ge=1)
+    max_replicas: int | None = Field(None, ge=1)  # above num_replicas: autoscale between the two
+    target_ongoing_requests: float = Field(8.0, gt=0)  # autoscaling target per replica
+    num_cpus: float = Field(1.0, gt=0)  # Ray CPUs reserved per replica
+    max_ongoing_requests: int = Field(32, ge=1)  # in flight per replica
+    max_queued_requests: int = Field(64, ge=1)  # waiting per proxy; beyond it: 503 + Retry-After
+    request_timeout_s: float = Field(10.0, gt=0)  # end to end, at the proxy; beyond it: 408
+    batching: bool = True
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_history: int = Field(200, ge=1)
-    api_key: str | None = None
+    max_body_bytes: int = Field(262_144, ge=1024)  # larger request bodies: 413
+    torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
+    int8: bool = False  # dynamic int8 quantisation of the student's Linear layers (CPU serving)
+    access_log: bool = True  # one log line per request in the proxy and replica logs
+    api_key: str | None = None  # saved with the run config; prefer api_key_env
+    api_key_env: str | None = None  # name of an environment variable holding the API key
 
 
 class PipelineConfig(Section):
