@@ -59,6 +59,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; dotted overrides may come before or after the flags."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def run_stage(stage: str, args: argparse.Namespace) -> Path:
     """Load the config, run the stage's recipe, write summary.json; returns the run directory."""
     module: ModuleType = importlib.import_module(STAGES[stage])
@@ -71,7 +82,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `raysys` command and of every `jobs/*.py` file."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         out_dir = run_stage(args.stage, args)
     except KeyboardInterrupt:
@@ -89,12 +100,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def find_user_error(exc: BaseException | None) -> RaysysError | None:
     """The RaysysError behind `exc`, looking through Ray's task/actor error wrappers."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, RaysysError):
+    for _ in range(10):
+        if exc is None:
+            return None
+        # Ray re-raises a task's error as a class deriving from both RayTaskError and the original
+        # type, whose text carries the worker traceback: prefer the original error it wraps.
+        cause = getattr(exc, "cause", None) or exc.__cause__
+        if isinstance(exc, RaysysError) and not isinstance(cause, RaysysError):
             return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-        seen += 1
+        exc = cause
     return None
 
 
