@@ -111,6 +111,10 @@ class TrainingConfig(Section):
     patience: int = Field(5, ge=1)  # early stopping: epochs without a better validation NDCG@10
     num_workers: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
+    cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPUs per train worker; fractional leaves room for Ray Data
+    max_failures: int = Field(0, ge=0)  # worker-group restarts from the last checkpoint before the run fails
+    num_to_keep: int = Field(2, ge=1)  # checkpoints kept in the run directory (the newest ones)
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD puts the workers on different nodes
 
 
 class PretrainConfig(TrainingConfig):

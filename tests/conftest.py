@@ -22,7 +22,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # The dashboard must be ours: Ray Train asks it (127.0.0.1:8265) whether a run is still alive.
+        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
