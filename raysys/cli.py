@@ -22,6 +22,7 @@ from raysys.run import default_out_dir, start_run, write_summary
 STAGES: dict[str, str] = {
     "prepare": "raysys.recipes.prepare",
     "evaluate": "raysys.recipes.evaluate",
+    "serve": "raysys.recipes.serve",
     "pretrain": "raysys.recipes.pretrain",
     "distill": "raysys.recipes.distill",
 }

@@ -173,12 +173,16 @@ class ServeConfig(Section):
     max_replicas: int | None = Field(None, ge=1)  # above num_replicas: autoscale between the two
     target_ongoing_requests: float = Field(8.0, gt=0)  # autoscaling target per replica
     num_cpus: float = Field(1.0, gt=0)  # Ray CPUs reserved per replica
-    max_ongoing_requests: int = Field(32, ge=1)  # in flight per replica
-    max_queued_requests: int = Field(64, ge=1)  # waiting per proxy; beyond it: 503 + Retry-After
+    # In flight per replica: high, because the replica queues cheaply (its batcher) while requests
+    # queued in the proxy's router cost CPU each; beyond both: 503 + Retry-After at once.
+    max_ongoing_requests: int = Field(128, ge=1)
+    max_queued_requests: int = Field(32, ge=1)  # waiting in each proxy
     request_timeout_s: float = Field(10.0, gt=0)  # end to end, at the proxy; beyond it: 408
     batching: bool = True
     max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    # 0: a batch is whatever queued while the previous one ran (no added wait at low load; measured
+    # +8 ms p50 with 0.005 on 2 cores, and no throughput gain under load)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
     max_history: int = Field(200, ge=1)
     max_body_bytes: int = Field(262_144, ge=1024)  # larger request bodies: 413
     torch_threads: int = Field(1, ge=1)  # intra-op threads per replica

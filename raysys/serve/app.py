@@ -1,0 +1,377 @@
+"""The Ray Serve application: a FastAPI ingress over a batched student, bound at module level.
+
+    serve deploy jobs/configs/serve.yaml          # import_path: raysys.serve.app:app
+    raysys serve --model runs/distill/model       # the same app on the local Ray cluster
+
+Endpoints (OpenAPI page at /docs): POST /recommend, POST /events, POST /items, GET /healthz,
+GET /metadata. All item and user ids are the original ids of the data.
+
+One replica = one `Recommender`. Its live settings arrive through `user_config` (`reconfigure`):
+the model directory (a new one is loaded beside the old and swapped in, so a hot reload drops no
+request), batching, the history cap, the body size limit and the API key hash. Requests for
+/recommend are grouped by `@serve.batch`; each batch does one read of the shared `LiveStore`
+(events and added items, see state.py) and one forward pass (`ServingModel.predict`, scoring.py)
+in a worker thread, so the event loop keeps accepting requests for the next batch meanwhile.
+
+Backpressure is Serve's: `max_ongoing_requests` per replica plus `max_queued_requests` per proxy,
+beyond which the proxy answers 503 with `Retry-After` at once; the proxy's `request_timeout_s`
+answers 408. Bad input is a 4xx from the strict schemas and the guard below, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.serve.config import BackpressureConfig, DeploymentActorConfig
+from starlette.middleware.body_limit import RequestBodyLimitResponder
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from raysys import __version__
+from raysys.models.export import read_model_config
+from raysys.serve.metrics import ServeMetrics
+from raysys.serve.schemas import (
+    EventsRequest,
+    EventsResponse,
+    HealthResponse,
+    ItemRequest,
+    ItemResponse,
+    MetadataResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+)
+from raysys.serve.scoring import Query, ServingModel
+from raysys.serve.state import LiveSnapshot, LiveStore, LiveStoreClient, StoreUnavailable
+
+logger = logging.getLogger("ray.serve")
+
+DEPLOYMENT_NAME = "Recommender"
+LIVE_STORE_NAME = "live_store"
+API_KEY_HEADER = "X-API-Key"
+REPLICA_HEADER = "x-raysys-replica"  # which replica answered: for debugging and the consistency tests
+OPEN_PATHS = ("/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+ENDPOINTS = ("/recommend", "/events", "/items", "/healthz", "/metadata")
+RETRY_AFTER_S = 1
+
+
+class ReplicaSettings(BaseModel):
+    """The deployment's `user_config`: every setting that can change without restarting replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str
+    batching: bool = True
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
+    max_history: int = Field(200, ge=1)  # most recent items of a history that count (scoring + seen)
+    max_body_bytes: int = Field(262_144, ge=1024)
+    api_key_sha256: str | None = None  # hex SHA-256 of the API key; None = no key needed
+    torch_threads: int = Field(1, ge=1)
+    int8: bool = False  # dynamic int8 quantisation of the transformer's Linear layers
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=128,  # the replica's batcher queues cheaply; the proxy's router does not
+    max_queued_requests=32,
+    backpressure_config=BackpressureConfig(status_code=503, retry_after_s=RETRY_AFTER_S),
+    health_check_period_s=5,
+    health_check_timeout_s=10,
+    graceful_shutdown_timeout_s=10,
+    max_surge_percent=100,  # a code change starts new replicas before stopping old ones
+    ray_actor_options={"num_cpus": 1},
+    deployment_actors=[
+        DeploymentActorConfig(name=LIVE_STORE_NAME, actor_class=ray.remote(LiveStore), actor_options={"num_cpus": 0})
+    ],
+)
+@serve.ingress()
+class Recommender:
+    """One replica: the loaded model, its settings and metrics, and the HTTP routes over them."""
+
+    def __init__(self) -> None:
+        self.settings: ReplicaSettings | None = None
+        self.model: ServingModel | None = None
+        self.metrics = ServeMetrics()
+        self.store = LiveStoreClient(lambda: serve.get_deployment_actor(LIVE_STORE_NAME))
+        self.replica_tag = serve.get_replica_context().replica_tag  # sent back in REPLICA_HEADER
+        self._reload_lock = asyncio.Lock()
+        self._encoder_task: asyncio.Task | None = None
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new `user_config`; a changed `model_dir` is loaded in a thread, then swapped in."""
+        try:
+            settings = ReplicaSettings.model_validate(user_config)
+        except ValidationError as exc:
+            raise ValueError(f"invalid user_config for {DEPLOYMENT_NAME}: {exc}") from None
+        torch.set_num_threads(settings.torch_threads)
+        self._recommend_batched.set_max_batch_size(settings.max_batch_size)
+        self._recommend_batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        async with self._reload_lock:
+            if self._needs_load(settings):
+                model = await asyncio.to_thread(ServingModel.load, settings.model_dir, int8=settings.int8)
+                self._sync_items(model, await self._read_store_or_empty([], 0))
+                self.model = model  # one reference swap: in-flight batches keep the model they started with
+                logger.info("serving model %s from %s", model.version, settings.model_dir)
+            self.settings = settings
+
+    def _needs_load(self, settings: ReplicaSettings) -> bool:
+        """A new directory or precision, or the same directory re-exported with another model version."""
+        if self.model is None or (settings.model_dir, settings.int8) != (self.settings.model_dir, self.settings.int8):
+            return True
+        return read_model_config(Path(settings.model_dir))["model_version"] != self.model.version
+
+    def check_health(self) -> None:
+        """Called by the Serve controller; a replica without a model is restarted."""
+        if self.model is None or self.settings is None:
+            raise RuntimeError("no model loaded")
+
+    # ---------------------------------------------------------------------------- /recommend
+
+    async def recommend(self, request: RecommendRequest) -> RecommendResponse:
+        if self.settings.batching:
+            return await self._recommend_batched(request)
+        return (await self.predict([request]))[0]
+
+    # Two batches in flight: one can wait on the live store while the other computes. Size and wait
+    # are live settings (reconfigure sets them).
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    async def _recommend_batched(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+        return await self.predict(requests)
+
+    async def predict(self, batch: list[RecommendRequest]) -> list[RecommendResponse]:
+        """Answer a batch: one live-store read, then `ServingModel.predict` in a worker thread."""
+        model, settings = self.model, self.settings
+        users = [r.user_id for r in batch if r.history is None]
+        start = time.perf_counter()
+        snapshot = await self._read_store_or_empty(users, model.synced_store_items)
+        self.metrics.record_store_read(model.version, 1000 * (time.perf_counter() - start))
+        self._sync_items(model, snapshot)
+        queries = [self._query(r, model, snapshot, settings.max_history) for r in batch]
+        results = await asyncio.to_thread(model.predict, queries)
+        responses = []
+        for result in results:
+            self.metrics.record_recommendation(model.version, result.fallback is not None, len(result.unknown_items))
+            items = [ScoredItem(item_id=i, score=s) for i, s in result.items]
+            responses.append(RecommendResponse(items=items, model_version=model.version, fallback=result.fallback,
+                                               unknown_items=result.unknown_items))  # fmt: skip
+        return responses
+
+    @staticmethod
+    def _query(request: RecommendRequest, model: ServingModel, snapshot: LiveSnapshot, max_history: int) -> Query:
+        """The history a request means: its own, or the user's stored history plus live events."""
+        if request.history is not None:
+            history = request.history
+        else:
+            history = model.user_histories.get(request.user_id, []) + snapshot.events.get(request.user_id, [])
+        return Query(history[-max_history:], request.k, request.exclude_seen, request.exclude)
+
+    # ---------------------------------------------------------------------------- /events, /items
+
+    async def post_events(self, request: EventsRequest) -> EventsResponse:
+        try:
+            live = await self.store.call("append_events", request.user_id, request.item_ids)
+        except StoreUnavailable as exc:
+            raise unavailable(str(exc)) from None
+        index = self.model.catalog.index
+        unknown = [i for i in request.item_ids if i not in index]
+        return EventsResponse(
+            user_id=request.user_id, appended=len(request.item_ids), live_events=live, unknown_items=unknown
+        )
+
+    async def add_item(self, request: ItemRequest) -> ItemResponse:
+        model = self.model
+        if not model.uses_text:
+            raise HTTPException(
+                409,
+                f"model {model.version} was trained without item text (use_text=false): it has no text tower "
+                "to place a new item from its text; serve a model trained with student.use_text=true",
+            )
+        if request.item_id in model.catalog.index:
+            raise HTTPException(409, f"item {request.item_id!r} is already in the catalog")
+        embedding = await self._embed_text(request.text)
+        try:
+            added = await self.store.call("add_item", request.item_id, embedding)
+            snapshot = await self.store.call("read", [], model.synced_store_items)
+        except StoreUnavailable as exc:
+            raise unavailable(str(exc)) from None
+        if not added:
+            raise HTTPException(409, f"item {request.item_id!r} was already added")
+        self._sync_items(model, snapshot)
+        return ItemResponse(item_id=request.item_id, catalog_size=model.catalog.size, model_version=model.version)
+
+    async def _embed_text(self, text: str) -> np.ndarray:
+        """[384] MiniLM embedding of `text`; the encoder is loaded on the first /items call."""
+        if self._encoder_task is None:
+            from raysys.models.text_encoder import TextEncoder
+
+            self._encoder_task = asyncio.ensure_future(asyncio.to_thread(TextEncoder))
+        try:
+            encoder = await self._encoder_task
+        except Exception:
+            self._encoder_task = None  # let the next call try again
+            raise
+        return (await asyncio.to_thread(encoder.encode, [text]))[0]
+
+    # ---------------------------------------------------------------------------- live store
+
+    async def _read_store_or_empty(self, users: list[str], known_items: int) -> LiveSnapshot:
+        """The live snapshot, or an empty one when the store is unreachable: recommendations then
+        use the training histories only, which beats failing the request."""
+        try:
+            return await self.store.call("read", users, known_items)
+        except StoreUnavailable as exc:
+            logger.warning("live store unavailable, serving without live events: %s", exc)
+            return LiveSnapshot(total_items=known_items)
+
+    @staticmethod
+    def _sync_items(model: ServingModel, snapshot: LiveSnapshot) -> None:
+        """Take the items added since this model last looked into its catalog."""
+        if snapshot.total_items <= model.synced_store_items:
+            return
+        if model.uses_text and snapshot.new_items:
+            model.add_items(snapshot.new_items)
+        model.synced_store_items = snapshot.total_items
+
+    # ---------------------------------------------------------------------------- small endpoints
+
+    def health(self) -> HealthResponse:
+        return HealthResponse(status="ok", model_version=self.model.version)
+
+    def metadata(self) -> MetadataResponse:
+        model = self.model
+        return MetadataResponse(
+            model_version=model.version,
+            trained_at=model.trained_at,
+            catalog_size=model.catalog.size,
+            added_items=model.added_items,
+            uses_text=model.uses_text,
+            max_len=model.max_len,
+            batching=self.settings.batching,
+        )
+
+    # ---------------------------------------------------------------------------- guard hooks
+
+    def authorized(self, scope: Scope) -> bool:
+        """True when no API key is configured, the path is open, or the request's key matches."""
+        expected = self.settings.api_key_sha256 if self.settings else None
+        if expected is None or scope["path"] in OPEN_PATHS:
+            return True
+        given = dict(scope["headers"]).get(API_KEY_HEADER.lower().encode(), b"")
+        return hmac.compare_digest(hashlib.sha256(given).hexdigest(), expected)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.settings.max_body_bytes if self.settings else ReplicaSettings.model_fields["max_body_bytes"].default
+
+    def record_request(self, path: str, status: int, latency_ms: float) -> None:
+        version = self.model.version if self.model else "none"
+        endpoint = path if path in ENDPOINTS else "other"  # bounded label values
+        self.metrics.record_request(endpoint, status, version, latency_ms)
+
+
+def unavailable(reason: str) -> HTTPException:
+    return HTTPException(503, f"live store unavailable, retry shortly ({reason})", {"Retry-After": str(RETRY_AFTER_S)})
+
+
+class Guard:
+    """ASGI middleware in front of every route: API key (401), body size limit (413), the request
+    counter / latency histogram and the replica header. It runs before the body is read or parsed."""
+
+    def __init__(self, app: ASGIApp, service: Recommender) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500  # stays 500 if the app raises before responding
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                replica = (REPLICA_HEADER.encode(), self.service.replica_tag.encode())
+                message = {**message, "headers": [*message.get("headers", []), replica]}
+            await send(message)
+
+        try:
+            if not self.service.authorized(scope):
+                detail = f"missing or wrong API key: send it in the {API_KEY_HEADER} header"
+                await JSONResponse({"detail": detail}, 401)(scope, receive, send_and_note_status)
+                return
+            limited = RequestBodyLimitResponder(self.app, self.service.max_body_bytes)
+            await limited(scope, receive, send_and_note_status)
+        except asyncio.CancelledError:
+            status = 499  # the client went away (or the proxy timed the request out): not a server error
+            raise
+        finally:
+            self.service.record_request(scope["path"], status, 1000 * (time.perf_counter() - start))
+
+
+async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field; the offending input is not echoed (it may not even be JSON-safe,
+    e.g. NaN, and echoing it would turn a 4xx into a 5xx)."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    return JSONResponse({"detail": errors}, 422)
+
+
+def build_api(service: Recommender) -> FastAPI:
+    """The FastAPI app of one replica; routes are thin and call the service."""
+    api = FastAPI(
+        title="raysys recommender",
+        version=__version__,
+        description="Real-time top-K next-item recommendation (original item ids throughout).",
+    )
+    api.add_middleware(Guard, service=service)
+    api.add_exception_handler(RequestValidationError, validation_error)
+    key = [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))]  # documents the header; Guard checks it
+
+    @api.post("/recommend", response_model=RecommendResponse, dependencies=key)
+    async def recommend(body: RecommendRequest) -> RecommendResponse:
+        """Top-k items for a history, or for a user's stored history plus live events."""
+        return await service.recommend(body)
+
+    @api.post("/events", response_model=EventsResponse, dependencies=key)
+    async def events(body: EventsRequest) -> EventsResponse:
+        """Append a user's new interactions; every later /recommend for the user reflects them."""
+        return await service.post_events(body)
+
+    @api.post("/items", response_model=ItemResponse, dependencies=key)
+    async def items(body: ItemRequest) -> ItemResponse:
+        """Add an item from its text (models trained with item text); recommendable at once."""
+        return await service.add_item(body)
+
+    @api.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> HealthResponse:
+        return service.health()
+
+    @api.get("/metadata", response_model=MetadataResponse, dependencies=key)
+    async def metadata() -> MetadataResponse:
+        """Model version, catalog size, training time."""
+        return service.metadata()
+
+    return api
+
+
+app = Recommender.bind()

@@ -1,0 +1,119 @@
+"""Deploy the app the way `serve deploy CONFIG` does, from a `ServeConfig`.
+
+`serve_config(cfg)` is the Serve config (the same shape as jobs/configs/serve.yaml); `deploy(config)`
+starts Serve with its HTTP options and applies it declaratively, like `serve run CONFIG`. Declarative
+is what makes hot reload cheap: Serve keys the code version on the import path, so deploying again
+with only `user_config.model_dir` changed reconfigures the running replicas in place (each loads the
+new model beside the old one and swaps) instead of replacing them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from raysys.config import ServeConfig
+from raysys.errors import RaysysError
+
+IMPORT_PATH = "raysys.serve.app:app"
+DEPLOYMENT_NAME = "Recommender"  # raysys.serve.app.DEPLOYMENT_NAME (not imported: keeps this module light)
+
+
+def resolve_api_key(cfg: ServeConfig) -> str | None:
+    """The API key from `serve.api_key_env` (an environment variable) or `serve.api_key`."""
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise RaysysError(f"environment variable {cfg.api_key_env} is not set", where="serve.api_key_env")
+        return key
+    return cfg.api_key
+
+
+def user_config(cfg: ServeConfig, model_dir: str) -> dict[str, Any]:
+    """The replicas' live settings (`ReplicaSettings` in app.py); the API key only as its hash."""
+    import hashlib
+
+    key = resolve_api_key(cfg)
+    return {
+        "model_dir": model_dir,
+        "batching": cfg.batching,
+        "max_batch_size": cfg.max_batch_size,
+        "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
+        "max_history": cfg.max_history,
+        "max_body_bytes": cfg.max_body_bytes,
+        "api_key_sha256": hashlib.sha256(key.encode()).hexdigest() if key else None,
+        "torch_threads": cfg.torch_threads,
+        "int8": cfg.int8,
+    }
+
+
+def serve_config(cfg: ServeConfig, model_dir: str | None = None) -> dict[str, Any]:
+    """A Serve deploy config (ServeDeploySchema as a dict) for the recommender application."""
+    model_dir = model_dir or cfg.model_dir
+    if not model_dir:
+        raise RaysysError("no model directory given", where="serve.model_dir", hint="pass --model MODEL_DIR")
+    deployment: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
+        "ray_actor_options": {"num_cpus": cfg.num_cpus},
+        "user_config": user_config(cfg, str(model_dir)),
+    }
+    if cfg.max_replicas is not None and cfg.max_replicas > cfg.num_replicas:
+        deployment["autoscaling_config"] = {
+            "min_replicas": cfg.num_replicas,
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        }
+    else:
+        deployment["num_replicas"] = cfg.num_replicas
+    return {
+        "proxy_location": "HeadOnly",
+        "logging_config": {"enable_access_log": cfg.access_log},
+        "http_options": {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s},
+        "applications": [
+            {"name": cfg.app_name, "route_prefix": "/", "import_path": IMPORT_PATH, "deployments": [deployment]}
+        ],
+    }
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 180.0) -> None:
+    """Start Serve (HTTP options from `config`) if needed, apply `config`, wait until it runs.
+
+    Deploying again with a different `user_config` is a hot reload. Raises RaysysError when the
+    application fails to deploy or is not running within `timeout_s`.
+    """
+    from ray.serve._private import api as serve_private_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    # serve_start is what `serve run CONFIG` calls: it starts the controller and proxy with these
+    # cluster-wide HTTP options, or returns the running controller's client.
+    client = serve_private_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        global_logging_config=schema.logging_config,
+    )
+    client.deploy_apps(schema)
+    for app in schema.applications:
+        wait_running(app.name, timeout_s)
+
+
+def wait_running(app_name: str, timeout_s: float) -> None:
+    """Block until the application is RUNNING; RaysysError if it fails or the time runs out."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(app_name)
+        state = status.status if status is not None else "NOT_STARTED"
+        if state == "RUNNING":
+            return
+        if state == "DEPLOY_FAILED":
+            raise RaysysError(f"deploying failed: {status.message}", where=f"serve application {app_name!r}")
+        if time.monotonic() > deadline:
+            message = status.message if status is not None else ""
+            raise RaysysError(f"not running after {timeout_s:.0f} s (status {state}) {message}".strip(),
+                              where=f"serve application {app_name!r}")
+        time.sleep(0.2)

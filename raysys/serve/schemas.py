@@ -1,0 +1,110 @@
+"""Request and response bodies of the recommendation API: strict pydantic models.
+
+Strict on purpose: unknown fields, wrong JSON types ("10" for k, 1.5 or true for an id), NaN and
+Infinity are 422s with a message naming the field, never a silent coercion and never a 5xx. Item and
+user ids are the original ids of the data (strings; JSON integers are accepted and read as their
+decimal string, so ml-100k's `242` and `"242"` are the same item). Lists are capped so a request's
+cost is bounded before any model work; the byte size of a body is capped separately (413).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+MAX_K = 1000  # the most items one /recommend may ask for (then clipped to the catalog)
+MAX_IDS = 1000  # the most ids in one history / exclude / events list
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 10_000  # item text for /items; the encoder reads its first 256 word pieces anyway
+
+
+def _id_text(value: str | int) -> str:
+    text = str(value)
+    if not text or len(text) > MAX_ID_CHARS:
+        raise ValueError(f"an id must be 1..{MAX_ID_CHARS} characters")
+    return text
+
+
+# An original item or user id: a string or a JSON integer, always handed on as a string.
+Id = Annotated[StrictStr | StrictInt, AfterValidator(_id_text)]
+
+
+class Strict(BaseModel):
+    """Base of every body: unknown fields and NaN/Infinity are rejected, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class RecommendRequest(Strict):
+    """POST /recommend. Give `history` (most recent last), or `user_id` alone to use the user's
+    stored history (training data plus events posted since); an explicit history wins."""
+
+    user_id: Id | None = None
+    history: list[Id] | None = Field(None, max_length=MAX_IDS)
+    k: int = Field(10, ge=1, le=MAX_K, description=f"1..{MAX_K}; clipped to the recommendable catalog")
+    exclude_seen: bool = Field(True, description="leave out items already in the history")
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_IDS, description="item ids never to return")
+
+    @model_validator(mode="after")
+    def _needs_user_or_history(self) -> "RecommendRequest":
+        if self.user_id is None and self.history is None:
+            raise ValueError("give user_id, history, or both")
+        return self
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    """Top-k items, best first. `fallback` names the ranking used when the model could not be
+    (`popularity`: empty or all-unknown history); `unknown_items` lists ignored ids."""
+
+    items: list[ScoredItem]
+    model_version: str
+    fallback: Literal["popularity"] | None = None
+    unknown_items: list[str] = Field(default_factory=list)
+
+
+class EventsRequest(Strict):
+    """POST /events: the user's new interactions, oldest first; reflected by the next /recommend."""
+
+    user_id: Id
+    item_ids: list[Id] = Field(min_length=1, max_length=MAX_IDS)
+
+
+class EventsResponse(BaseModel):
+    user_id: str
+    appended: int
+    live_events: int = Field(description="events held for this user since the model was trained (capped)")
+    unknown_items: list[str] = Field(default_factory=list, description="ids not in the served catalog (still stored)")
+
+
+class ItemRequest(Strict):
+    """POST /items: a new item, scored from its text embedding (models trained with item text)."""
+
+    item_id: Id
+    text: StrictStr = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+
+class ItemResponse(BaseModel):
+    item_id: str
+    catalog_size: int
+    model_version: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model_version: str
+
+
+class MetadataResponse(BaseModel):
+    model_version: str
+    trained_at: str | None
+    catalog_size: int = Field(description="recommendable items, including ones added through /items")
+    added_items: int
+    uses_text: bool
+    max_len: int
+    batching: bool
