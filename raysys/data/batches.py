@@ -205,3 +205,42 @@ def ctr_pairs_from_ray_batch(
     return _ctr_pairs_from_flat(
         flat, ratings, lengths, offsets, max_len, num_items, rng, rating_threshold, negatives_per_click
     )
+
+
+def ctr_eval_pairs(
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    target_ratings: np.ndarray | None,
+    max_len: int,
+    num_items: int,
+    rng: np.random.Generator,
+    rating_threshold: float = 4.0,
+) -> dict[str, np.ndarray]:
+    """Click-prediction examples of a held-out split: each user's history and held-out item.
+
+    With ratings, the held-out item is a click when rated >= `rating_threshold`, else a non-click.
+    Without ratings (or when every held-out item is a click) each held-out item is a click and one
+    uniform item (never it) with the same history is a non-click, so the AUC is defined.
+    Returns {"input_ids" [P, max_len], "candidates" [P], "labels" [P] float32}.
+    """
+    input_ids = pad_histories(histories, max_len)
+    candidates = np.asarray(targets, dtype=np.int64)
+    labels = np.ones(candidates.size, dtype=bool)
+    if target_ratings is not None:
+        labels = np.asarray(target_ratings) >= rating_threshold
+    if labels.all():
+        input_ids = np.concatenate([input_ids, input_ids])
+        candidates = np.concatenate([candidates, _sampled_items(candidates, num_items, rng)])
+        labels = np.arange(candidates.size) < targets.size
+    return {"input_ids": input_ids, "candidates": candidates, "labels": labels.astype(np.float32)}
+
+
+def ctr_rows_from_ray_batch(
+    batch: Mapping[str, Any], max_len: int, num_items: int, seed: int, rating_threshold: float, negatives_per_click: int
+) -> dict[str, np.ndarray]:
+    """Ray Data `map_batches` function: sequences-table batch -> click-prediction training rows.
+
+    The sampled non-clicks are seeded by the batch's first user, so an epoch's pairs are reproducible."""
+    first_user = int(np.asarray(batch["user_index"])[0]) if len(batch["user_index"]) else 0
+    rng = np.random.default_rng([seed, first_user])
+    return ctr_pairs_from_ray_batch(batch, max_len, num_items, rng, rating_threshold, negatives_per_click)

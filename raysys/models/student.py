@@ -1,5 +1,6 @@
-"""The student: a small causal transformer, written out in one file so it is cheap to serve and easy
-to read (nanoGPT-style: pre-LayerNorm blocks, learned positions, fused SDPA attention).
+"""The student: a small causal transformer. `student.arch=llama` (default) is the teacher's HF Llama
+family at the student's size; `student.arch=causal` is written out here, cheap to serve and easy to
+read (nanoGPT-style: pre-LayerNorm blocks, learned positions, fused SDPA attention).
 
     ids [B, L] -> item embedding + position embedding -> N x Block -> LayerNorm -> hidden [B, L, H]
     scores = hidden[:, -1] · item_embeddings().T      (tied, as in the teacher)
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raysys.config import StudentConfig
+from raysys.config import StudentConfig, TeacherConfig
 from raysys.models.common import (
     ItemEmbedding,
     SequenceModel,
@@ -20,6 +21,7 @@ from raysys.models.common import (
     padding_mask,
     position_ids,
 )
+from raysys.models.teacher import build_teacher
 
 
 def attention_mask(real: torch.Tensor) -> torch.Tensor:
@@ -115,10 +117,15 @@ class CausalStudent(SequenceModel):
 
 def build_student(
     cfg: StudentConfig, num_items: int, max_len: int, text_emb: torch.Tensor | None = None
-) -> CausalStudent:
+) -> SequenceModel:
     """A student for `num_items` (index space incl. pad 0 and mask 1) and windows of `max_len`.
 
+    `cfg.arch` "llama" is the teacher's HF Llama family at the student's size (the default: it
+    learns the same data better, see StudentConfig.arch); "causal" is `CausalStudent` above.
     `text_emb` [num_items, text_dim] is used when `cfg.use_text`.
     """
     check_model_config(cfg, "student", text_emb)
+    if cfg.arch == "llama":
+        shape = cfg.model_dump(exclude={"arch"})
+        return build_teacher(TeacherConfig(arch="llama", **shape), num_items, max_len, text_emb)
     return CausalStudent(cfg, num_items, max_len, text_emb)

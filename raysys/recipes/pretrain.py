@@ -3,10 +3,13 @@
     raysys pretrain --config jobs/configs/ml100k.yaml --out runs/teacher
     raysys pretrain --config jobs/configs/ml100k.yaml pretrain.num_workers=2 pretrain.zero_stage=2 --out runs/t2
     raysys pretrain --config jobs/configs/ml100k.yaml pretrain.task=next_item pretrain.init_from=runs/teacher/model
+    raysys pretrain --config jobs/configs/ml100k.yaml pretrain.task=ctr pretrain.init_from=runs/teacher/model --out runs/ctr
 
 setup (prepared dataset) -> train (`raysys.train.ray_train.fit`: workers, checkpoints, early stopping on
 valid NDCG@10, resume when DIR already holds checkpoints) -> save (DIR/model, the teacher's model
 directory) -> summary.json {"model_dir", "metrics": {"valid", "test"}, "best_epoch", ...}.
+Task ctr (click prediction, chosen and reported by AUC / log loss) exports the fine-tuned encoder as
+DIR/model and the whole click model (encoder + head) as DIR/click_model.safetensors.
 Per-epoch figures: DIR/history.jsonl and DIR/tensorboard.
 """
 
@@ -17,12 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
+
 from raysys.config import Config
 from raysys.data.prepare import load_or_prepare
+from raysys.models.ctr import ClickModel
 from raysys.models.export import export_model_dir
 from raysys.train.history import HISTORY_FILE
 from raysys.train.ray_train import fit
 
+CLICK_MODEL_FILE = "click_model.safetensors"
 DESCRIPTION = "pretrain the teacher on Ray Train workers with DeepSpeed; exports DIR/model"
 
 
@@ -32,12 +39,17 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     outcome = fit(cfg, "pretrain", out_dir)
     dataset = load_or_prepare(cfg.data, progress=False)
     metrics = {"valid": outcome.valid, "test": outcome.test}
+    model = outcome.model
+    if isinstance(model, ClickModel):
+        save_file(model.state_dict(), str(out_dir / CLICK_MODEL_FILE))
+        model = model.encoder
     model_dir = export_model_dir(
-        outcome.model, out_dir / "model", dataset, kind="teacher", model_cfg=cfg.teacher,
+        model, out_dir / "model", dataset, kind="teacher", model_cfg=cfg.teacher,
         max_len=cfg.data.max_len, metrics=metrics,
     )  # fmt: skip
     return {
         "model_dir": str(model_dir),
+        "task": cfg.pretrain.task,
         "metrics": metrics,
         "best_epoch": outcome.best_epoch,
         "epochs_run": outcome.epochs_run,

@@ -32,6 +32,7 @@ from raysys.data.dataset import FIRST_ITEM_INDEX, PreparedDataset, SplitExamples
 from raysys.errors import RaysysError
 from raysys.eval.evaluator import evaluate_split
 from raysys.models.common import SequenceModel
+from raysys.objectives.ctr import ctr_loss
 from raysys.objectives.distillation import HiddenAlignment
 from raysys.objectives.joint import distill_loss, pretrain_loss
 from raysys.train.schedule import lr_scheduler
@@ -72,11 +73,10 @@ def make_optimizer(modules: Sequence[nn.Module], cfg: TrainingConfig) -> torch.o
 
 
 def objective_config(cfg: PretrainConfig | DistillConfig) -> PretrainConfig | DistillConfig:
-    """`cfg` with the objective weights its task implies: task "next_item" is the next-item term alone."""
-    if not isinstance(cfg, PretrainConfig) or cfg.task == "pretrain":
+    """`cfg` with the objective weights its task implies: task "next_item" is the next-item term alone
+    (task "ctr" trains the click head's BCE, `make_loss_fn`)."""
+    if not isinstance(cfg, PretrainConfig) or cfg.task in ("pretrain", "ctr"):
         return cfg
-    if cfg.task == "ctr":
-        raise RaysysError("click-prediction fine-tuning is not a sequence objective", where="pretrain.task")
     return cfg.model_copy(update={"weight_next_item": 1.0, "weight_masked_item": 0.0, "weight_contrastive": 0.0})
 
 
@@ -88,6 +88,8 @@ def make_loss_fn(
     generator: torch.Generator | None = None,
 ) -> LossFn:
     """The objective `cfg` asks for: the pretraining mix (PretrainConfig) or the distillation mix."""
+    if isinstance(cfg, PretrainConfig) and cfg.task == "ctr":
+        return lambda model, batch: {"loss": ctr_loss(model, batch)}
     if isinstance(cfg, PretrainConfig):
         cfg = objective_config(cfg)
         return lambda model, batch: pretrain_loss(model, batch, cfg, generator)
@@ -200,6 +202,8 @@ def train_model(
     loss from the frozen `teacher`. `on_epoch(record)` sees each epoch's history record as it is made
     (for logging or `ray.train.report`). Models that use item text get `pin_unseen_item_ids`.
     """
+    if isinstance(cfg, PretrainConfig) and cfg.task == "ctr":
+        raise RaysysError("click-prediction fine-tuning runs on Ray Train", where="pretrain.task", hint="raysys pretrain")
     cfg = objective_config(cfg)
     eval_cfg = _with_k10(eval_cfg or EvalConfig())
     device = next(model.parameters()).device
@@ -224,7 +228,7 @@ def train_model(
     best = BestEpoch()
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        terms = _train_epoch(model, epoch_batches(windows, cfg, rng, device), loss_fn, optimizer, scheduler, cfg)
+        terms = train_epoch(model, epoch_batches(windows, cfg, rng, device), loss_fn, optimizer, scheduler, cfg)
         valid_metrics = validate(model, valid, dataset.num_items, eval_cfg, max_len)
         record = {"epoch": epoch, **terms, **{f"valid_{k}": v for k, v in valid_metrics.items() if k != "num_users"}}
         record["seconds"] = round(time.perf_counter() - start, 3)
@@ -257,7 +261,7 @@ class BestEpoch:
         return True
 
 
-def _train_epoch(
+def train_epoch(
     model: SequenceModel,
     batches: Iterator[dict[str, torch.Tensor]],
     loss_fn: LossFn,

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,19 @@ import torch
 from torch import nn
 
 from raysys.config import Config, DistillConfig, PretrainConfig, config_from_dict
-from raysys.data.batches import next_item_batch, pretrain_batch, windows_from_ray_batch
+from raysys.data.batches import (
+    ctr_eval_pairs,
+    ctr_rows_from_ray_batch,
+    next_item_batch,
+    pretrain_batch,
+    windows_from_ray_batch,
+)
 from raysys.data.dataset import PreparedDataset
 from raysys.errors import RaysysError
 from raysys.eval.evaluator import evaluate_split, train_items
+from raysys.eval.metrics import auc, log_loss
 from raysys.models.common import SequenceModel
+from raysys.models.ctr import ClickModel
 from raysys.models.export import load_model_dir, read_model_config
 from raysys.models.student import build_student
 from raysys.models.teacher import build_teacher
@@ -63,6 +72,7 @@ from raysys.train.local import (
 from raysys.train.schedule import lr_scheduler
 
 Stage = Literal["pretrain", "distill"]
+CTR_METRIC = "auc"  # model selection of the click-prediction task
 RAY_RUN_NAME = "ray_train"  # the Ray Train run folder inside the stage's run directory
 FAIL_MARKER = "injected_failure_done"
 
@@ -71,7 +81,7 @@ FAIL_MARKER = "injected_failure_done"
 class TrainOutcome:
     """What `fit` returns: the best epoch's model (plain module, eval mode) and its figures."""
 
-    model: SequenceModel
+    model: SequenceModel | ClickModel  # ClickModel for pretrain.task=ctr
     valid: dict[str, float]
     test: dict[str, float]
     best_epoch: int
@@ -97,8 +107,22 @@ def stage_section(cfg: Config, stage: Stage) -> PretrainConfig | DistillConfig:
     return objective_config(cfg.pretrain) if stage == "pretrain" else cfg.distill
 
 
-def build_stage_model(cfg: Config, stage: Stage, num_items: int, text_emb: torch.Tensor | None) -> SequenceModel:
-    """The teacher (pretrain) or the student (distill), freshly initialised."""
+def is_ctr(cfg: Config, stage: Stage) -> bool:
+    """Whether the stage fine-tunes the click-prediction head (pretrain.task=ctr)."""
+    return stage == "pretrain" and cfg.pretrain.task == "ctr"
+
+
+def valid_metric(cfg: Config, stage: Stage) -> str:
+    """The validation metric that picks the best epoch: NDCG@10, or AUC for click prediction."""
+    return CTR_METRIC if is_ctr(cfg, stage) else VALID_METRIC
+
+
+def build_stage_model(
+    cfg: Config, stage: Stage, num_items: int, text_emb: torch.Tensor | None
+) -> SequenceModel | ClickModel:
+    """The teacher (pretrain; wrapped with a click head for task ctr) or the student (distill)."""
+    if is_ctr(cfg, stage):
+        return ClickModel(build_teacher(cfg.teacher, num_items, cfg.data.max_len, text_emb=text_emb))
     if stage == "pretrain":
         return build_teacher(cfg.teacher, num_items, cfg.data.max_len, text_emb=text_emb)
     return build_student(cfg.student, num_items, cfg.data.max_len, text_emb=text_emb)
@@ -126,6 +150,19 @@ def count_windows(dataset: PreparedDataset, max_len: int) -> int:
     return int(np.where(train_len >= 2, -(-(train_len - 1) // max_len), 0).sum())
 
 
+def count_ctr_pairs(dataset: PreparedDataset, cfg: PretrainConfig) -> int:
+    """Number of click-prediction training rows `ctr_rows_from_ray_batch` makes (see `ctr_pairs`)."""
+    columns = ["train_len", "ratings"] if dataset.manifest.get("has_ratings") else ["train_len"]
+    table = dataset.sequences(columns)
+    train_len = table["train_len"].to_numpy().astype(np.int64)
+    pairs = int(np.maximum(train_len - 1, 0).sum())
+    if "ratings" in columns:
+        ratings = [r[1:n] for r, n in zip(table["ratings"].to_numpy(zero_copy_only=False), train_len)]
+        if any((np.asarray(r) < cfg.ctr_rating_threshold).any() for r in ratings):
+            return pairs  # explicit non-clicks: one row per item with a history
+    return pairs * (1 + cfg.ctr_negatives)
+
+
 def micro_batches_per_epoch(num_windows: int, cfg: PretrainConfig | DistillConfig) -> int:
     """Micro-batches each worker sees per epoch (Ray splits the windows equally, dropping the rest)."""
     return math.ceil((num_windows // cfg.num_workers) / cfg.batch_size)
@@ -134,10 +171,13 @@ def micro_batches_per_epoch(num_windows: int, cfg: PretrainConfig | DistillConfi
 # --------------------------------------------------------------------------------------- driver
 
 
-def fit(cfg: Config, stage: Stage, out_dir: Path, *, fail_at_step: int | None = None) -> TrainOutcome:
+def fit(
+    cfg: Config, stage: Stage, out_dir: Path, *, fail_at_step: int | None = None, callbacks: list | None = None
+) -> TrainOutcome:
     """Train the stage's model on Ray Train workers; resume from `out_dir`'s checkpoints if any.
 
     fail_at_step: fault injection for tests, rank 1 (or 0 with one worker) exits hard once at that step.
+    callbacks: Ray Train run callbacks, e.g. Tune's `TuneReportCallback()` when a Tune trial runs `fit`.
     """
     from raysys.data.prepare import load_or_prepare
 
@@ -145,7 +185,8 @@ def fit(cfg: Config, stage: Stage, out_dir: Path, *, fail_at_step: int | None = 
     dataset = load_or_prepare(cfg.data, progress=False)
     _check_stage(cfg, stage, dataset)
     text_emb = stage_text_emb(cfg, stage, dataset)
-    num_windows = count_windows(dataset, cfg.data.max_len)
+    ctr = is_ctr(cfg, stage)
+    num_windows = count_ctr_pairs(dataset, cfg.pretrain) if ctr else count_windows(dataset, cfg.data.max_len)
     if num_windows // train_cfg.num_workers == 0:
         raise RaysysError("too few training windows for the workers", where=f"{stage}.num_workers")
     steps_per_epoch = math.ceil(micro_batches_per_epoch(num_windows, train_cfg) / train_cfg.grad_accum)
@@ -159,7 +200,8 @@ def fit(cfg: Config, stage: Stage, out_dir: Path, *, fail_at_step: int | None = 
         "run_dir": str(out_dir.resolve()),
         "fail_at_step": fail_at_step,
     }
-    trainer = _make_trainer(train_cfg, loop_config, windows_dataset(dataset, cfg.data.max_len), out_dir)
+    windows = ctr_dataset(dataset, cfg) if ctr else windows_dataset(dataset, cfg.data.max_len)
+    trainer = _make_trainer(train_cfg, loop_config, windows, out_dir, callbacks or [])
     result = trainer.fit()  # raises when the workers fail more than max_failures times
     return _outcome(cfg, stage, dataset, text_emb, result)
 
@@ -170,17 +212,59 @@ def windows_dataset(dataset: PreparedDataset, max_len: int):
     return sequences.map_batches(windows_from_ray_batch, fn_kwargs={"max_len": max_len}, batch_format="numpy")
 
 
-def _make_trainer(train_cfg: PretrainConfig | DistillConfig, loop_config: dict[str, Any], windows, out_dir: Path):
+def ctr_dataset(dataset: PreparedDataset, cfg: Config):
+    """Ray Dataset of click-prediction rows {"input_ids" [max_len], "candidates", "labels"}."""
+    columns = ["user_index", "items", "train_len"] + (["ratings"] if dataset.manifest.get("has_ratings") else [])
+    kwargs = {
+        "max_len": cfg.data.max_len, "num_items": dataset.num_items, "seed": cfg.pretrain.seed,
+        "rating_threshold": cfg.pretrain.ctr_rating_threshold, "negatives_per_click": cfg.pretrain.ctr_negatives,
+    }  # fmt: skip
+    return dataset.ray_dataset(columns=columns).map_batches(ctr_rows_from_ray_batch, fn_kwargs=kwargs, batch_format="numpy")
+
+
+def ctr_split(dataset: PreparedDataset, split: str, cfg: Config) -> dict[str, np.ndarray]:
+    """Click-prediction examples of the valid or test split (`ctr_eval_pairs`), the same on every rank."""
+    examples = dataset.split(split)
+    ratings = None
+    if dataset.manifest.get("has_ratings"):
+        table = dataset.sequences(["ratings", "train_len"])
+        rows = table["ratings"].to_numpy(zero_copy_only=False)[examples.user_index]
+        offset = table["train_len"].to_numpy()[examples.user_index] + (0 if split == "valid" else 1)
+        ratings = np.array([float(r[i]) for r, i in zip(rows, offset)], dtype=np.float32)
+    rng = np.random.default_rng([cfg.pretrain.seed, 0 if split == "valid" else 1])
+    return ctr_eval_pairs(
+        examples.histories, examples.targets, ratings, cfg.data.max_len, dataset.num_items, rng,
+        cfg.pretrain.ctr_rating_threshold,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def validate_ctr(model: ClickModel, pairs: dict[str, np.ndarray], batch_size: int = 1024) -> dict[str, float]:
+    """AUC and log loss of `model`'s click probabilities on labelled pairs."""
+    model.eval()
+    probs = [
+        model.click_probability(
+            torch.from_numpy(pairs["input_ids"][i : i + batch_size]), torch.from_numpy(pairs["candidates"][i : i + batch_size])
+        )
+        for i in range(0, len(pairs["labels"]), batch_size)
+    ]  # fmt: skip
+    p = torch.cat(probs).numpy()
+    return {"auc": auc(pairs["labels"], p), "log_loss": log_loss(pairs["labels"], p), "num_pairs": float(p.size)}
+
+
+def _make_trainer(
+    train_cfg: PretrainConfig | DistillConfig, loop_config: dict[str, Any], windows, out_dir: Path, callbacks: list
+):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="gloo"),
+        torch_config=TorchConfig(backend="nccl" if train_cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=train_cfg.num_workers,
-            use_gpu=False,
+            use_gpu=train_cfg.use_gpu,
             resources_per_worker={"CPU": train_cfg.cpus_per_worker},
             placement_strategy=train_cfg.placement_strategy,
         ),
@@ -189,6 +273,7 @@ def _make_trainer(train_cfg: PretrainConfig | DistillConfig, loop_config: dict[s
             storage_path=str(out_dir.resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=train_cfg.num_to_keep),
             failure_config=FailureConfig(max_failures=train_cfg.max_failures),
+            callbacks=callbacks,
         ),
         datasets={"train": windows},
         dataset_config=_data_config(),
@@ -208,7 +293,7 @@ def _check_stage(cfg: Config, stage: Stage, dataset: PreparedDataset) -> None:
     """Fail early, on the driver, for settings the workers would fail on."""
     if stage == "pretrain":
         if cfg.pretrain.task == "ctr":
-            raise RaysysError("click-prediction fine-tuning is not a sequence objective", where="pretrain.task")
+            return
         check_pretrain_objectives(stage_section(cfg, stage), cfg.teacher.arch != "bert")
         return
     if cfg.distill.teacher is None:
@@ -259,20 +344,21 @@ class WorkerState:
     bad_epochs: int = 0  # epochs since the best one
     history: list[dict[str, Any]] | None = None
     test: dict[str, float] | None = None  # set in the last epoch
+    resumed_from: list[int] | None = None  # the global step of each checkpoint this run resumed from
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "history": self.history or []}
+        return {**self.__dict__, "history": self.history or [], "resumed_from": self.resumed_from or []}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function (see the module docstring); config is `fit`'s loop_config."""
     import ray.train
 
-    deepspeed = _import_deepspeed()
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
     cfg, stage = config_from_dict(config["cfg"]), config["stage"]
     train_cfg = stage_section(cfg, stage)
+    deepspeed = _import_deepspeed(train_cfg.use_gpu)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
     dataset = PreparedDataset.open(config["dataset_path"])
     seed_everything(train_cfg.seed)  # the same initial weights on every rank
     modules, teacher = _build_modules(cfg, stage, dataset.num_items, config)
@@ -280,7 +366,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = lr_scheduler(optimizer, train_cfg, config["total_steps"])
     engine, *_ = deepspeed.initialize(
         model=modules, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(train_cfg, use_gpu=False), dist_init_required=False,
+        config=deepspeed_config(train_cfg, use_gpu=train_cfg.use_gpu), dist_init_required=False,
     )  # fmt: skip
     run_dir = Path(config["run_dir"])
     state, best_weights = _restore(engine, run_dir / RAY_RUN_NAME)
@@ -289,22 +375,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_model = build_stage_model(cfg, stage, dataset.num_items, config["text_emb"])
     board = TensorBoardLog(run_dir, purge_step=state.global_step or None) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
-    valid = dataset.split("valid")
+    evaluate = _evaluator(cfg, stage, dataset)
     fail = _failure_injection(config, rank, world_size, run_dir)
     for epoch in range(state.epoch + 1, train_cfg.epochs + 1):
         rng = np.random.default_rng([train_cfg.seed, rank, epoch])
         terms = _train_epoch(engine, _epoch_batches(shard, train_cfg, rng), loss_fn, fail)
         weights = consolidated_state(engine, deepspeed)
         eval_model.load_state_dict(weights)
-        metrics = validate(eval_model, valid, dataset.num_items, cfg.eval, cfg.data.max_len)
+        metrics = evaluate(eval_model, "valid")
         record = {"epoch": epoch, "step": engine.global_steps, **terms}
-        record.update({f"valid_{k}": v for k, v in metrics.items() if k != "num_users"})
-        if _update_state(state, epoch, engine.global_steps, metrics, record):
+        record.update({f"valid_{k}": v for k, v in metrics.items() if k not in ("num_users", "num_pairs")})
+        if _update_state(state, epoch, engine.global_steps, metrics, record, valid_metric(cfg, stage)):
             best_weights = weights
         finished = epoch == train_cfg.epochs or state.bad_epochs >= train_cfg.patience
         if finished:  # test metrics of the best weights travel in the last checkpoint
             eval_model.load_state_dict(best_weights)
-            state.test = validate(eval_model, dataset.split("test"), dataset.num_items, cfg.eval, cfg.data.max_len)
+            state.test = evaluate(eval_model, "test")
         _save_and_report(engine, state, best_weights, record, rank, world_size)
         if rank == 0:
             write_history(run_dir, state.history or [])
@@ -315,15 +401,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         board.close()
 
 
-def _import_deepspeed():
-    """DeepSpeed, imported inside the worker: its accelerator is chosen at import (CPU here), and
-    the C++ op it builds on first use goes to a shared cache instead of each worker's home."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def _evaluator(cfg: Config, stage: Stage, dataset: PreparedDataset):
+    """evaluate(model, split) -> metrics: full-ranking metrics, or AUC / log loss for click prediction."""
+    if is_ctr(cfg, stage):
+        pairs = {split: ctr_split(dataset, split, cfg) for split in ("valid", "test")}
+        return lambda model, split: validate_ctr(model, pairs[split])
+    splits = {split: dataset.split(split) for split in ("valid", "test")}
+    return lambda model, split: validate(model, splits[split], dataset.num_items, cfg.eval, cfg.data.max_len)
+
+
+def _import_deepspeed(use_gpu: bool):
+    """DeepSpeed, imported inside the worker: its accelerator is chosen at import (CPU unless the
+    workers have GPUs), and the C++ op it builds on first use goes to a shared cache instead of each
+    worker's home."""
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     repo = Path(__file__).resolve().parents[2]
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(repo / ".cache" / "torch_extensions"))
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
     return deepspeed
 
 
@@ -332,14 +429,16 @@ def _build_modules(
 ) -> tuple[TrainedModules, SequenceModel | None]:
     """The trained modules (model [+ alignment]) and the frozen teacher (distill) or None."""
     model = build_stage_model(cfg, stage, num_items, config["text_emb"])
+    sequence_model = model.encoder if isinstance(model, ClickModel) else model
     if stage == "pretrain" and cfg.pretrain.init_from:
-        model.load_state_dict(load_model_dir(cfg.pretrain.init_from).model.state_dict())
+        sequence_model.load_state_dict(load_model_dir(cfg.pretrain.init_from).model.state_dict())
     if config["seen_items"] is not None:
         # Hold unseen items' ID vectors at zero, as the local loop does (see pin_unseen_item_ids).
-        pin_unseen_item_ids(model, [config["seen_items"]])
+        pin_unseen_item_ids(sequence_model, [config["seen_items"]])
     teacher, alignment = None, None
     if stage == "distill" and cfg.distill.teacher:
-        teacher = load_model_dir(cfg.distill.teacher).model.eval().requires_grad_(False)
+        device = "cuda" if cfg.distill.use_gpu else "cpu"  # Ray Train sets each GPU worker's device
+        teacher = load_model_dir(cfg.distill.teacher, device=device).model.eval().requires_grad_(False)
         if cfg.distill.lambda_hidden > 0:
             alignment = HiddenAlignment(model.hidden_size, teacher.hidden_size)
     return TrainedModules(model, alignment), teacher
@@ -348,11 +447,15 @@ def _build_modules(
 def _epoch_batches(
     shard, cfg: PretrainConfig | DistillConfig, rng: np.random.Generator
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """This worker's shard of the windows, shuffled locally, as training batches [B, max_len]."""
+    """This worker's shard of the windows, shuffled locally, as training batches [B, max_len]
+    (click-prediction rows pass through as they are)."""
     for rows in shard.iter_batches(
         batch_size=cfg.batch_size, batch_format="numpy",
         local_shuffle_buffer_size=10 * cfg.batch_size, local_shuffle_seed=int(rng.integers(2**31)),
     ):  # fmt: skip
+        if "candidates" in rows:
+            yield {key: torch.from_numpy(np.ascontiguousarray(rows[key])) for key in ("input_ids", "candidates", "labels")}
+            continue
         windows = rows["window"]  # [B, max_len + 1]
         arrays = pretrain_batch(windows, cfg, rng) if isinstance(cfg, PretrainConfig) else next_item_batch(windows)
         yield {key: torch.from_numpy(value) for key, value in arrays.items()}
@@ -364,6 +467,7 @@ def engine_step(engine, batch: dict[str, torch.Tensor], loss_fn: LossFn) -> dict
 
     Returns the loss terms as floats, plus "lr" and "grad_norm" when the weights were updated.
     """
+    batch = {key: value.to(engine.device, non_blocking=True) for key, value in batch.items()}
     terms = loss_fn(engine.module.model, batch)
     engine.backward(terms["loss"])
     boundary = engine.is_gradient_accumulation_boundary()
@@ -386,11 +490,15 @@ def _grad_norm(module: nn.Module) -> float:
 
 
 def _train_epoch(engine, batches: Iterator[dict[str, torch.Tensor]], loss_fn: LossFn, fail) -> dict[str, float]:
-    """One pass over this worker's batches; mean loss terms over every rank, mean grad norm, last lr."""
+    """One pass over this worker's batches; mean loss terms over every rank, mean grad norm, last lr,
+    and throughput: "train_seconds" (slowest rank) and "items_per_s" (next-item targets trained, all ranks)."""
     engine.train()
     sums: dict[str, float] = defaultdict(float)
-    grad_norms, lr, count = [], engine.get_lr()[0], 0
+    grad_norms, lr, count, targets = [], engine.get_lr()[0], 0, 0
+    start = time.perf_counter()
     for batch in batches:
+        # items trained: next-item targets, or click-prediction pairs
+        targets += int(batch["candidates"].numel()) if "candidates" in batch else int((batch["labels"] != 0).sum())
         metrics = engine_step(engine, batch, loss_fn)
         fail(engine.global_steps)
         if "lr" in metrics:
@@ -400,7 +508,12 @@ def _train_epoch(engine, batches: Iterator[dict[str, torch.Tensor]], loss_fn: Lo
             sums[name] += value
         count += 1
     means = _mean_over_ranks({name: total / max(count, 1) for name, total in sorted(sums.items())})
-    return {**means, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0, "lr": lr}
+    seconds = _max_over_ranks(time.perf_counter() - start)
+    items = _mean_over_ranks({"items": float(targets)})["items"] * _world_size()
+    return {
+        **means, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0, "lr": lr,
+        "train_seconds": round(seconds, 3), "items_per_s": round(items / max(seconds, 1e-9), 1),
+    }  # fmt: skip
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
@@ -414,6 +527,23 @@ def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(values, (packed / dist.get_world_size()).tolist()))
 
 
+def _max_over_ranks(value: float) -> float:
+    """The largest `value` over the process group (the slowest rank sets an epoch's time)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    packed = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return float(packed[0])
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def consolidated_state(engine, deepspeed) -> dict[str, torch.Tensor]:
     """A full CPU copy of the model's weights on every rank (ZeRO-3 shards gathered first)."""
     model = engine.module.model
@@ -421,11 +551,13 @@ def consolidated_state(engine, deepspeed) -> dict[str, torch.Tensor]:
         return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
 
 
-def _update_state(state: WorkerState, epoch: int, step: int, metrics: dict[str, float], record: dict[str, Any]) -> bool:
-    """Advance the state by one epoch; returns whether this epoch is the new best (strictly better)."""
+def _update_state(
+    state: WorkerState, epoch: int, step: int, metrics: dict[str, float], record: dict[str, Any], metric: str
+) -> bool:
+    """Advance the state by one epoch; returns whether this epoch is the new best (strictly better on `metric`)."""
     state.epoch, state.global_step = epoch, step
     state.history = [*(state.history or []), record]
-    if state.best_valid is not None and metrics[VALID_METRIC] <= state.best_valid[VALID_METRIC]:
+    if state.best_valid is not None and metrics[metric] <= state.best_valid[metric]:
         state.bad_epochs += 1
         return False
     state.best_epoch, state.best_valid, state.bad_epochs = epoch, metrics, 0
@@ -465,6 +597,7 @@ def _restore(engine, ray_run_dir: Path) -> tuple[WorkerState, dict[str, torch.Te
         return WorkerState(history=[]), None
     engine.load_checkpoint(str(found / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG)
     state = WorkerState(**ckpt.read_state(found))
+    state.resumed_from = [*(state.resumed_from or []), state.global_step]
     return state, load_file(str(found / ckpt.BEST_WEIGHTS_FILE))
 
 

@@ -76,19 +76,21 @@ def random_inputs(num_items: int, seed: int = 0) -> torch.Tensor:
     return ids
 
 
-def test_student_reloads_and_scores_identically(dataset: PreparedDataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["llama", "causal"])
+def test_student_reloads_and_scores_identically(dataset: PreparedDataset, tmp_path: Path, arch: str) -> None:
     torch.manual_seed(0)
-    model = build_student(TINY_STUDENT, dataset.num_items, MAX_LEN).eval()
-    out = export_student(model, tmp_path / "model", dataset)
+    student_cfg = TINY_STUDENT.model_copy(update={"arch": arch})
+    model = build_student(student_cfg, dataset.num_items, MAX_LEN).eval()
+    out = export_student(model, tmp_path / "model", dataset, student_cfg)
     loaded = load_model_dir(out)
     ids = random_inputs(dataset.num_items)
     with torch.no_grad():
         assert torch.equal(loaded.next_item_scores(ids), model.next_item_scores(ids))
     assert not loaded.model.training
     config = json.loads((out / "config.json").read_text())
-    assert config["kind"] == "student" and config["architecture"] == "causal"
+    assert config["kind"] == "student" and config["architecture"] == arch
     assert config["format_version"] == 1 and config["num_items"] == 12 and config["max_len"] == MAX_LEN
-    assert config["model_config"] == TINY_STUDENT.model_dump(mode="json")
+    assert config["model_config"] == student_cfg.model_dump(mode="json")
     assert config["model_version"].startswith("student-") and config["raysys_version"]
     assert loaded.metrics == {"valid": {"ndcg@10": 0.5}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "model"]  # no temp dirs left behind

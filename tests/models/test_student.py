@@ -20,7 +20,7 @@ def history_batch() -> torch.Tensor:
 
 def test_contract_shapes_and_defaults() -> None:
     torch.manual_seed(0)
-    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    model = build_student(StudentConfig(arch="causal"), NUM_ITEMS, MAX_LEN).eval()
     assert model.is_causal and model.hidden_size == 64 and len(model.blocks) == 2
     assert model.encode(history_batch()).shape == (2, MAX_LEN, 64)
     assert model.item_embeddings().shape == (NUM_ITEMS, 64)
@@ -33,7 +33,7 @@ def test_contract_shapes_and_defaults() -> None:
 
 def test_left_padding_does_not_change_scores() -> None:
     torch.manual_seed(0)
-    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    model = build_student(StudentConfig(arch="causal"), NUM_ITEMS, MAX_LEN).eval()
     padded = model.next_item_scores(history_batch())
     torch.testing.assert_close(model.next_item_scores(torch.tensor([[5, 6, 7, 8, 9]])), padded[:1], atol=1e-5, rtol=0)
     torch.testing.assert_close(model.next_item_scores(torch.tensor([[3]])), padded[1:], atol=1e-5, rtol=0)
@@ -41,7 +41,7 @@ def test_left_padding_does_not_change_scores() -> None:
 
 def test_longer_histories_keep_the_most_recent_items() -> None:
     torch.manual_seed(0)
-    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    model = build_student(StudentConfig(arch="causal"), NUM_ITEMS, MAX_LEN).eval()
     long = torch.arange(2, 14)[None]  # 12 items > max_len
     torch.testing.assert_close(model.next_item_scores(long), model.next_item_scores(long[:, -MAX_LEN:]))
     with pytest.raises(ValueError, match="max_len"):
@@ -50,7 +50,7 @@ def test_longer_histories_keep_the_most_recent_items() -> None:
 
 def test_hidden_states_ignore_the_future() -> None:
     torch.manual_seed(0)
-    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    model = build_student(StudentConfig(arch="causal"), NUM_ITEMS, MAX_LEN).eval()
     a = torch.tensor([[4, 5, 6, 7, 8, 9, 10, 11]])
     b = a.clone()
     b[0, 5:] = torch.tensor([20, 21, 22])
@@ -65,7 +65,7 @@ def test_attention_mask_is_causal_over_real_items() -> None:
 
 def test_gradients_are_finite_with_padding() -> None:
     torch.manual_seed(0)
-    model = build_student(StudentConfig(dropout=0.1), NUM_ITEMS, MAX_LEN).train()
+    model = build_student(StudentConfig(arch="causal", dropout=0.1), NUM_ITEMS, MAX_LEN).train()
     loss = torch.nn.functional.cross_entropy(model.next_item_scores(history_batch()), torch.tensor([10, 4]))
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -73,7 +73,7 @@ def test_gradients_are_finite_with_padding() -> None:
 
 def test_bf16_autocast_forward() -> None:
     torch.manual_seed(0)
-    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    model = build_student(StudentConfig(arch="causal"), NUM_ITEMS, MAX_LEN).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         scores = model.next_item_scores(history_batch())
     assert scores.dtype == torch.bfloat16 and torch.isfinite(scores).all()
@@ -82,12 +82,22 @@ def test_bf16_autocast_forward() -> None:
 def test_text_embeddings_and_config_errors() -> None:
     torch.manual_seed(0)
     text = torch.randn(NUM_ITEMS, 12)
-    model = build_student(StudentConfig(use_text=True), NUM_ITEMS, MAX_LEN, text_emb=text)
+    model = build_student(StudentConfig(arch="causal", use_text=True), NUM_ITEMS, MAX_LEN, text_emb=text)
     expected = model.items.id_embedding.weight + text @ model.items.text_projection.weight.T
     torch.testing.assert_close(model.item_embeddings(), expected)
     # use_text=False ignores given text embeddings.
-    assert build_student(StudentConfig(), NUM_ITEMS, MAX_LEN, text_emb=text).items.text_projection is None
+    assert build_student(StudentConfig(arch="causal"), NUM_ITEMS, MAX_LEN, text_emb=text).items.text_projection is None
     with pytest.raises(RaysysError, match="student.use_text"):
-        build_student(StudentConfig(use_text=True), NUM_ITEMS, MAX_LEN)
+        build_student(StudentConfig(arch="causal", use_text=True), NUM_ITEMS, MAX_LEN)
     with pytest.raises(RaysysError, match="student.num_heads"):
-        build_student(StudentConfig(hidden_size=30, num_heads=4), NUM_ITEMS, MAX_LEN)
+        build_student(StudentConfig(arch="causal", hidden_size=30, num_heads=4), NUM_ITEMS, MAX_LEN)
+
+
+def test_default_student_is_a_small_llama_with_the_same_contract() -> None:
+    model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
+    assert StudentConfig().arch == "llama" and model.is_causal and model.hidden_size == 64
+    ids = torch.randint(2, NUM_ITEMS, (3, MAX_LEN))
+    ids[0, :4] = 0  # left padding
+    with torch.no_grad():
+        scores = model.next_item_scores(ids)
+    assert scores.shape == (3, NUM_ITEMS) and torch.isfinite(scores).all()

@@ -71,7 +71,7 @@ def test_info_nce_is_lower_for_identical_views_than_for_random_pairs() -> None:
 
 def test_contrastive_loss_on_a_model_has_finite_gradients() -> None:
     torch.manual_seed(0)
-    model = build_student(StudentConfig(hidden_size=32), num_items=20, max_len=10).train()
+    model = build_student(StudentConfig(arch="causal", hidden_size=32), num_items=20, max_len=10).train()
     loss = contrastive_loss(model, BATCH, TrainingConfig(cl_temperature=0.5), torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()

@@ -13,7 +13,7 @@ import yaml
 from raysys.cli import main
 from raysys.config import load_config
 from raysys.models.export import load_model_dir
-from raysys.train.checkpoint import STATE_FILE, checkpoint_dirs, find_resume_checkpoint, read_state
+from raysys.train.checkpoint import STATE_FILE, checkpoint_dirs, find_resume_checkpoint, incomplete_reason, read_state
 from raysys.train.history import read_history
 from raysys.train.ray_train import RAY_RUN_NAME, count_windows, fit, micro_batches_per_epoch
 
@@ -162,3 +162,63 @@ def test_training_spreads_over_two_ray_nodes(tiny_config: Path, tmp_path: Path) 
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     nodes = json.loads(lines[0][len("NODES ") :])
     assert len(set(nodes)) == 2 and all(nodes)
+
+
+@pytest.mark.slow
+def test_driver_killed_after_the_first_checkpoint_relaunches_and_resumes(tiny_config: Path, tmp_path: Path) -> None:
+    # The driver is a separate `raysys pretrain` process (its own local Ray cluster, in its own process
+    # group): SIGKILL the whole group once the first complete checkpoint is on disk, then run the same
+    # command again. The relaunch must resume from that checkpoint, not start over.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "raysys.cli", "pretrain", "--config", str(tiny_config),
+               "pretrain.epochs=4", "pretrain.num_to_keep=4", "--out", str(out)]  # fmt: skip
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not _complete_checkpoints(out) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.poll() is None, "the first run ended before it could be killed"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_at = {read_state(c)["global_step"] for c in _complete_checkpoints(out)}
+    assert killed_at and not (out / "summary.json").exists()
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    state = read_state(Path(checkpoint_dirs(out / RAY_RUN_NAME)[0]))
+    assert summary["epochs_run"] == 4 and state["epoch"] == 4
+    assert state["resumed_from"] and state["resumed_from"][0] in killed_at  # resumed, not restarted
+    assert [r["epoch"] for r in read_history(out)] == [1, 2, 3, 4]
+
+
+def _complete_checkpoints(out: Path) -> list[Path]:
+    """Checkpoints of the run that a resume would accept (every rank's manifest written)."""
+    run_dir = out / RAY_RUN_NAME
+    if not run_dir.is_dir():
+        return []
+    return [c for c in checkpoint_dirs(run_dir) if incomplete_reason(c) is None]
+
+
+@pytest.mark.slow
+def test_click_prediction_fine_tune_from_the_pretrained_teacher(
+    ray_train_session, tiny_config: Path, tmp_path: Path
+) -> None:
+    teacher = run_cli("pretrain", tiny_config, tmp_path / "teacher", "pretrain.epochs=2")
+    ctr = run_cli(
+        "pretrain", tiny_config, tmp_path / "ctr", "pretrain.task=ctr", f"pretrain.init_from={teacher['model_dir']}",
+        "pretrain.epochs=3", "pretrain.lr=0.01",
+    )  # fmt: skip
+    assert ctr["task"] == "ctr" and ctr["epochs_run"] == 3
+    for split in ("valid", "test"):
+        assert set(ctr["metrics"][split]) >= {"auc", "log_loss"}
+        assert 0.5 < ctr["metrics"][split]["auc"] <= 1.0  # the pretrained encoder already ranks the click first
+    history = read_history(tmp_path / "ctr")
+    assert [r["epoch"] for r in history] == [1, 2, 3] and all("valid_auc" in r and r["items_per_s"] > 0 for r in history)
+    assert (tmp_path / "ctr" / "click_model.safetensors").is_file()
+    assert load_model_dir(ctr["model_dir"]).kind == "teacher"  # the fine-tuned encoder stays a usable teacher

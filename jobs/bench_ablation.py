@@ -1,0 +1,166 @@
+"""Ablation: what each part of the student's loss, and self-supervised pretraining, is worth.
+
+    python jobs/bench_ablation.py --configs jobs/configs/ml100k.yaml,jobs/configs/quickstart.yaml \
+        --seeds 0,1,2 --out runs/ablation
+
+Rows, per dataset and seed (every model chosen at its best validation epoch, test NDCG@10 reported):
+  student alone      L_rec                              (distill.lambda_ssl=0, lambda_kd=0)
+  student + SSL      L_rec + λ_ssl·L_ssl                (CL4SRec contrastive, --lambda-ssl)
+  student + KD       L_rec + λ_kd·L_kd                  (from the teacher below; the config's λ_kd, T)
+  student + both     L_rec + λ_ssl·L_ssl + λ_kd·L_kd
+  teacher scratch    next-item from random weights      (the teacher the students learn from)
+  teacher pretrain→fine-tune   masked-item + contrastive pretraining (--pretrain-epochs), then the
+                     same next-item fine-tune from those weights
+All other settings are the config's own (lr, T, epochs, patience); only the terms switch.
+Training runs in-process (raysys.train.local: the same losses, batches and early stopping as the
+Ray Train workers) with batch_size x num_workers as the batch, which is the workers' global batch:
+36 trainings on 2 cores do not fit the budget with Ray's per-run start-up.
+Writes ablation.csv (one row per run) and ablation.md (mean ± std) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raysys.config import Config, load_config
+from raysys.data.dataset import PreparedDataset
+from raysys.data.prepare import load_or_prepare
+from raysys.eval.evaluator import evaluate_split
+from raysys.models.common import SequenceModel
+from raysys.models.student import build_student
+from raysys.models.teacher import build_teacher
+from raysys.train.local import seed_everything, train_model
+
+STUDENT_VARIANTS = {  # name -> (lambda_ssl on?, lambda_kd on?)
+    "student alone": (False, False),
+    "student + SSL": (True, False),
+    "student + KD": (False, True),
+    "student + both": (True, True),
+}
+FIELDS = ["dataset", "seed", "model", "test_ndcg@10", "test_hr@10", "valid_ndcg@10", "best_epoch", "seconds"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="jobs/configs/ml100k.yaml,jobs/configs/quickstart.yaml")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--pretrain-epochs", type=int, default=10, help="masked-item + contrastive epochs")
+    parser.add_argument("--masked-weight", type=float, default=1.0)
+    parser.add_argument("--contrastive-weight", type=float, default=0.1)
+    parser.add_argument("--lambda-ssl", type=float, default=0.1, help="λ_ssl of the +SSL rows")
+    parser.add_argument("--lambda-kd", type=float, default=None, help="λ_kd of the +KD rows (default: the config's)")
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every config")
+    return parser.parse_args()
+
+
+def train_and_test(
+    name: str, model: SequenceModel, dataset: PreparedDataset, cfg: Config, train_cfg, teacher=None
+) -> dict[str, Any]:
+    """Train in place (best valid epoch kept) and measure test figures."""
+    start = time.perf_counter()
+    result = train_model(
+        model, dataset, train_cfg, max_len=cfg.data.max_len, eval_cfg=cfg.eval, teacher=teacher,
+        on_epoch=lambda r: print(f"  {name} epoch {r['epoch']}: valid ndcg@10 {r['valid_ndcg@10']:.4f} ({r['seconds']} s)", flush=True),
+    )  # fmt: skip
+    with torch.inference_mode():
+        test = evaluate_split(model.next_item_scores, dataset.split("test"), dataset.num_items, cfg.eval, cfg.data.max_len)
+    return {
+        "model": name,
+        "test_ndcg@10": round(test["ndcg@10"], 4),
+        "test_hr@10": round(test["hr@10"], 4),
+        "valid_ndcg@10": round(result.best_valid["ndcg@10"], 4),
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def global_batch(section):
+    """The section with the workers' global batch as the in-process batch."""
+    return section.model_copy(update={"batch_size": section.batch_size * section.num_workers})
+
+
+def one_seed(cfg: Config, dataset: PreparedDataset, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    next_item = global_batch(cfg.pretrain).model_copy(update={"task": "next_item", "seed": seed})
+    seed_everything(seed)
+    teacher = build_teacher(cfg.teacher, dataset.num_items, cfg.data.max_len)
+    rows.append(train_and_test("teacher scratch", teacher, dataset, cfg, next_item))
+
+    seed_everything(seed)
+    pretrained = build_teacher(cfg.teacher, dataset.num_items, cfg.data.max_len)
+    ssl = next_item.model_copy(update={
+        "task": "pretrain", "epochs": args.pretrain_epochs, "patience": args.pretrain_epochs,
+        "weight_next_item": 0.0, "weight_masked_item": args.masked_weight, "weight_contrastive": args.contrastive_weight,
+    })  # fmt: skip
+    start = time.perf_counter()
+    train_model(pretrained, dataset, ssl, max_len=cfg.data.max_len, eval_cfg=cfg.eval)
+    pretrain_s = time.perf_counter() - start
+    row = train_and_test("teacher pretrain→fine-tune", pretrained, dataset, cfg, next_item)
+    row["seconds"] = round(row["seconds"] + pretrain_s, 1)
+    rows.append(row)
+
+    for name, (use_ssl, use_kd) in STUDENT_VARIANTS.items():
+        distill = global_batch(cfg.distill).model_copy(update={
+            "seed": seed, "lambda_ssl": args.lambda_ssl if use_ssl else 0.0,
+            "lambda_kd": (args.lambda_kd or cfg.distill.lambda_kd) if use_kd else 0.0, "lambda_hidden": 0.0,
+        })  # fmt: skip
+        seed_everything(seed)
+        student = build_student(cfg.student, dataset.num_items, cfg.data.max_len)
+        rows.append(train_and_test(name, student, dataset, cfg, distill, teacher=teacher if use_kd else None))
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> str:
+    """Mean ± std of test NDCG@10 per dataset and model."""
+    lines = ["| dataset | model | test NDCG@10 (mean ± std) | test HR@10 | valid NDCG@10 | seeds |",
+             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
+    for dataset, model in keys:
+        group = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
+
+        def stat(key: str) -> str:
+            values = [r[key] for r in group]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+        lines.append(f"| {dataset} | {model} | {stat('test_ndcg@10')} | {stat('test_hr@10')} "
+                     f"| {stat('valid_ndcg@10')} | {len(group)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for config in args.configs.split(","):
+        cfg = load_config(config, args.overrides)
+        dataset = load_or_prepare(cfg.data, progress=False)
+        name = Path(config).stem
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for row in one_seed(cfg, dataset, seed, args):
+                rows.append({"dataset": name, "seed": seed, **row})
+                print(json.dumps(rows[-1]), flush=True)
+                write_csv(out / "ablation.csv", rows)  # partial results survive an interrupted run
+    (out / "ablation.md").write_text(summarize(rows))
+    print(summarize(rows))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
