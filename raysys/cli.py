@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "serve": "raysys.recipes.serve",
     "pretrain": "raysys.recipes.pretrain",
     "distill": "raysys.recipes.distill",
+    "tune": "raysys.recipes.tune",
 }
 
 EPILOG = """examples:
