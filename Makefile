@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/raysys prepare --config jobs/configs/quickstart.yaml --out runs/quickstart
+	$(VENV)/bin/raysys pipeline --config jobs/configs/quickstart.yaml --out runs/quickstart
 
 test: install
 	$(PY) -m pytest tests

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "pretrain": "raysys.recipes.pretrain",
     "distill": "raysys.recipes.distill",
     "tune": "raysys.recipes.tune",
+    "pipeline": "raysys.recipes.pipeline",
 }
 
 EPILOG = """examples:

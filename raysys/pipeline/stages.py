@@ -1,0 +1,207 @@
+"""The pipeline's stages, each a thin call of the stage recipe it stands for.
+
+Every function takes the config the stage runs with and the `StageRunner`, and returns the stage's
+summary (see `raysys.pipeline.runner` for when a stage is skipped). Recipes are called through their
+public interface `run(cfg, out_dir, args)` with the defaults of their own flags, so the pipeline
+runs exactly what `raysys <stage>` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from raysys import storage
+from raysys.config import Config, config_from_dict, load_config
+from raysys.errors import RaysysError
+from raysys.pipeline.runner import StageRunner
+from raysys.run import write_summary
+
+MODEL_DIR = "model"  # the model directory inside the teacher and student stage directories
+TUNE_BEST = "best.yaml"  # the tune recipe's resolved config of its best trial
+SCORERS = ("teacher", "student", "popularity", "itemknn")
+INPUTS_DIR = "inputs"  # under data.cache_dir: local copies of s3:// / gs:// data inputs
+
+
+def recipe_args(module: ModuleType, **values: Any) -> argparse.Namespace:
+    """The recipe's own flags at their defaults, with `values` set (what `raysys <stage>` would parse)."""
+    parser = argparse.ArgumentParser()
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    args = parser.parse_args([])
+    for key, value in values.items():
+        setattr(args, key, value)
+    return args
+
+
+def localize_data(cfg: Config) -> Config:
+    """`cfg` with data.path / data.item_path copied from an object store to data.cache_dir/inputs.
+
+    The readers and the input checksums work on local files; the copy's place depends only on the
+    URI, so the prepared-dataset cache (keyed by the path and the contents) keeps hitting.
+    """
+    updates: dict[str, str] = {}
+    for key in ("path", "item_path"):
+        value = getattr(cfg.data, key)
+        if storage.is_uri(value):
+            if any(ch in value for ch in "*?["):
+                raise RaysysError("globs are not supported in object-store URIs", where=f"data.{key}",
+                                  hint="name the file or the folder")  # fmt: skip
+            local = storage.local_mirror(value, Path(cfg.data.cache_dir).expanduser() / INPUTS_DIR)
+            updates[key] = str(storage.download(value, local))
+    if not updates:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=updates)})
+
+
+# ------------------------------------------------------------------------------- checks
+
+
+def check_prepared(stage_dir: Path, summary: dict[str, Any]) -> None:
+    """The prepared dataset the summary names is still complete in the cache."""
+    from raysys.data.cache import is_complete
+
+    if not is_complete(Path(summary["dataset_path"])):
+        raise RaysysError("the prepared dataset is gone or incomplete", where=summary["dataset_path"])
+
+
+def check_model_dir(stage_dir: Path, summary: dict[str, Any]) -> None:
+    """The stage's model directory loads."""
+    from raysys.models.export import load_model_dir
+
+    load_model_dir(stage_dir / MODEL_DIR)
+
+
+def check_tuned(stage_dir: Path, summary: dict[str, Any]) -> None:
+    """The tune stage's best.yaml is a valid config."""
+    load_config(stage_dir / TUNE_BEST)
+
+
+def check_keys(*keys: str):
+    """A check that the summary holds `keys` (stages whose outputs are their summary)."""
+
+    def check(stage_dir: Path, summary: dict[str, Any]) -> None:
+        missing = [key for key in keys if key not in summary]
+        if missing:
+            raise RaysysError(f"summary.json lacks {', '.join(missing)}", where=str(stage_dir))
+
+    return check
+
+
+# ------------------------------------------------------------------------------- stages
+
+
+def prepare(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Prepare (or reuse from the cache) the dataset of `cfg.data`."""
+    from raysys.recipes import prepare as recipe
+
+    return runner.stage("prepare", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe, quiet=True)),
+                        check_prepared)  # fmt: skip
+
+
+def teacher(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Pretrain the teacher on Ray Train; its model directory is RUN/teacher/model."""
+    from raysys.recipes import pretrain as recipe
+
+    return runner.stage("teacher", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe)), check_model_dir)
+
+
+def with_teacher(cfg: Config, runner: StageRunner) -> Config:
+    """`cfg` whose distill.teacher is the teacher stage's model directory."""
+    distill = cfg.distill.model_copy(update={"teacher": str((runner.root / "teacher" / MODEL_DIR).resolve())})
+    return cfg.model_copy(update={"distill": distill})
+
+
+def tune(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Search the distill stage's hyper-parameters (`raysys tune`); writes RUN/tune/best.yaml."""
+    try:
+        recipe = importlib.import_module("raysys.recipes.tune")
+    except ModuleNotFoundError:
+        raise RaysysError("the tune stage is not installed (raysys.recipes.tune)", where="pipeline.run_tune",
+                          hint="set pipeline.run_tune=false") from None  # fmt: skip
+    if cfg.tune.stage != "distill":
+        raise RaysysError("the pipeline tunes the student (after the teacher is trained)", where="tune.stage",
+                          hint="set tune.stage=distill, or run `raysys tune` on its own")  # fmt: skip
+    tune_cfg = with_teacher(cfg, runner)
+    return runner.stage("tune", tune_cfg, lambda d: recipe.run(tune_cfg, d, recipe_args(recipe)), check_tuned)
+
+
+def tuned(cfg: Config, best_yaml: Path) -> Config:
+    """`cfg` with the searched keys (`tune.space`, e.g. distill.lr, student.dropout) set to the best
+    trial's values from the tune run's best.yaml; everything else (epochs, data paths, serving) stays
+    as this pipeline resolved it."""
+    best = load_config(best_yaml).to_dict()
+    raw = cfg.to_dict()
+    for key in cfg.tune.space:
+        *sections, name = key.split(".")
+        source, target = best, raw
+        for section in sections:
+            source, target = source[section], target[section]
+        target[name] = source[name]
+    return config_from_dict(raw, where=str(best_yaml))
+
+
+def student(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Distil the student from the teacher (with the tuned settings when the tune stage ran)."""
+    from raysys.recipes import distill as recipe
+
+    if cfg.pipeline.run_tune:
+        cfg = tuned(cfg, runner.root / "tune" / TUNE_BEST)
+    student_cfg = with_teacher(cfg, runner)
+    return runner.stage("student", student_cfg, lambda d: recipe.run(student_cfg, d, recipe_args(recipe)),
+                        check_model_dir)  # fmt: skip
+
+
+def evaluate(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Full-ranking metrics of the teacher, the student and both baselines (`raysys evaluate` each)."""
+    return runner.stage("evaluate", cfg, lambda d: _evaluate_all(cfg, runner.root, d), check_keys("models"))
+
+
+def _evaluate_all(cfg: Config, root: Path, stage_dir: Path) -> dict[str, Any]:
+    """RUN/evaluate/<scorer>/summary.json for each scorer, and their metrics side by side."""
+    from raysys.recipes import evaluate as recipe
+
+    models: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    for name in SCORERS:
+        if name in ("teacher", "student"):
+            args = recipe_args(recipe, model=str(root / name / MODEL_DIR), quiet=True)
+        else:
+            args = recipe_args(recipe, baseline=name, quiet=True)
+        summary = recipe.run(cfg, stage_dir / name, args)
+        write_summary(stage_dir / name, "evaluate", summary)
+        models[name] = {"metrics": summary["metrics"], "scorer": summary["scorer"], "seconds": summary["seconds"]}
+    return {"models": models, "protocol": summary["protocol"], "dataset": summary["dataset"]}
+
+
+def export(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """What ships: each model directory's final location, version, size and parameter count."""
+    return runner.stage("export", cfg, lambda d: _describe_models(runner), check_keys("models"))
+
+
+def _describe_models(runner: StageRunner) -> dict[str, Any]:
+    from raysys.models.export import load_model_dir
+
+    models = {}
+    for name in ("teacher", "student"):
+        local = runner.root / name / MODEL_DIR
+        loaded = load_model_dir(local)
+        models[name] = {
+            "path": runner.location(name, MODEL_DIR),
+            "kind": loaded.kind,
+            "model_version": loaded.model_version,
+            "num_parameters": sum(p.numel() for p in loaded.model.parameters()),
+            "bytes": sum(f.stat().st_size for f in local.rglob("*") if f.is_file()),
+        }
+    return {"models": models}
+
+
+def serve_smoke(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Serve the student for one /recommend query: latency and the top items (nothing stays running)."""
+    from raysys.pipeline.smoke import serve_smoke as smoke
+
+    model_dir = runner.root / "student" / MODEL_DIR
+    return runner.stage("serve_smoke", cfg, lambda d: smoke(cfg.serve, model_dir), check_keys("latency_ms"))

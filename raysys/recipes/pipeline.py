@@ -1,0 +1,125 @@
+"""`raysys pipeline`: the main job, from the interaction log to a served student, resumable.
+
+    raysys pipeline --config jobs/configs/quickstart.yaml --out runs/quickstart
+    raysys pipeline --config jobs/configs/ml100k.yaml --out runs/ml100k pipeline.run_tune=true
+    raysys pipeline --config jobs/configs/quickstart.yaml --out s3://bucket/runs/quickstart --force
+    ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/quickstart.yaml --out /abs/run
+
+prepare -> teacher (pretrain) -> [tune] -> student (distill; the tuned settings when tune ran)
+-> evaluate (teacher, student, popularity, item-kNN; full ranking) -> export (what ships) ->
+serve_smoke (deploy the student, POST /recommend, take it down) -> report.html -> summary.json
+{"models": {"teacher": {"metrics", "path"}, "student": {...}, "popularity": {"metrics"},
+"itemknn": {"metrics"}}, "serve_smoke", "stages"}.
+
+Each stage writes RUN/<stage>/ and is skipped on a rerun when it is done for the same config
+(raysys.pipeline.runner); `--force` or pipeline.force=true reruns everything. An `s3://` or `gs://`
+--out runs in a local staging directory that first receives what the bucket already holds; each
+finished stage is uploaded, then the report and summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from raysys import storage
+from raysys.config import Config
+from raysys.pipeline import stages
+from raysys.pipeline.runner import StageRunner, stage_hashes
+from raysys.report import build_report
+from raysys.run import write_summary
+
+DESCRIPTION = "the main job: prepare, pretrain, [tune], distill, evaluate, export, serve smoke, report (resumable)"
+TOP_LEVEL_FILES = ("config.yaml", "summary.json", "report.html")
+PROVENANCE = ("stage", "config_hash", "raysys_version", "finished_at")  # a stage summary's bookkeeping keys
+
+
+class RunLocation(argparse.Action):
+    """`--out DIR` or `--out s3://bucket/run`. The CLI writes the resolved config and summary.json
+    into args.out, so a URI is replaced there by its local staging directory and kept in args.out_uri."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        namespace.out_uri = values if storage.is_uri(values) else None
+        setattr(namespace, self.dest, str(storage.staging_dir(values)) if namespace.out_uri else values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="rerun every stage (same as pipeline.force=true)")
+    # This stage's --out also takes a URI: it replaces the common --out ("resolve" drops the old one).
+    output = parser.add_argument_group("output", conflict_handler="resolve")
+    output.add_argument("--out", metavar="DIR|URI", action=RunLocation,
+                        help="run directory or s3://bucket/path, gs://bucket/path (default: runs/pipeline-<time>)")
+    parser.set_defaults(out_uri=None)
+
+
+def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) every stage into out_dir; returns the summary written to summary.json."""
+    start = time.perf_counter()
+    remote = getattr(args, "out_uri", None)
+    root = Path(out_dir)
+    if remote:
+        sync_down(remote, root, cfg)
+    initialised_ray: list[bool] = []
+    runner = StageRunner(root, stage_hashes(cfg), remote, force=cfg.pipeline.force or getattr(args, "force", False),
+                         setup=lambda: initialised_ray.append(init_ray()))  # fmt: skip
+    try:
+        summary = run_stages(cfg, runner)
+    finally:
+        if any(initialised_ray):
+            import ray
+
+            ray.shutdown()
+    summary = {**summary, "run_dir": runner.location(), "seconds": round(time.perf_counter() - start, 1)}
+    write_summary(root, "pipeline", summary)  # before the report, which reads it; the CLI rewrites it the same
+    report = build_report(root)
+    if remote:
+        for name in TOP_LEVEL_FILES:
+            storage.upload_file(root / name, storage.join(remote, name))
+    print(f"raysys pipeline: report -> {runner.location(report.name)}", flush=True)
+    return summary
+
+
+def run_stages(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """The stages in order; the pipeline summary without the timing."""
+    local_cfg = stages.localize_data(cfg)
+    stages.prepare(local_cfg, runner)
+    stages.teacher(local_cfg, runner)
+    if cfg.pipeline.run_tune:
+        stages.tune(local_cfg, runner)
+    stages.student(local_cfg, runner)
+    evaluation = stages.evaluate(local_cfg, runner)
+    exported = stages.export(local_cfg, runner)
+    smoke = stages.serve_smoke(local_cfg, runner)
+    models = {name: {"metrics": entry["metrics"]} for name, entry in evaluation["models"].items()}
+    for name, entry in exported["models"].items():
+        models[name].update(entry)
+    return {
+        "models": models,
+        "serve_smoke": {key: value for key, value in smoke.items() if key not in PROVENANCE},
+        "stages": runner.records,
+        "tuned": cfg.pipeline.run_tune,
+    }
+
+
+def sync_down(remote: str, root: Path, cfg: Config) -> None:
+    """Make the staging directory a fresh copy of what the bucket holds for this run (resume state)."""
+    if root.exists():
+        shutil.rmtree(root)  # the bucket is the truth; a stale staging copy must not pass as done work
+    storage.download_dir(remote, root)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg.save(root / "config.yaml")
+
+
+def init_ray() -> bool:
+    """Connect to the cluster (RAY_ADDRESS, e.g. inside `ray job submit`) or start a local one;
+    True when this call initialised Ray in this process (so the pipeline disconnects at the end)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    context = ray.init(include_dashboard=True)  # Ray Train V2 asks the dashboard whether a run is alive
+    print(f"raysys pipeline: Ray dashboard at {context.dashboard_url or '(not running)'}", flush=True)
+    return True
