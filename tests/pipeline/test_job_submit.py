@@ -143,7 +143,14 @@ def submit(head: Head, run_dir: Path, submission_id: str) -> None:
     command = [RAY, "job", "submit", "--address", head.dashboard, "--working-dir", ".", "--no-wait",
                "--submission-id", submission_id, "--runtime-env-json", json.dumps(runtime_env), "--",
                sys.executable, "jobs/pipeline.py", "--config", TINY, "--out", str(run_dir)]  # fmt: skip
-    result = subprocess.run(command, env=head.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # A fresh head's dashboard answers before its job agent has registered ("No available agent to
+    # submit job, please try again later"): retry that one answer, as a user would.
+    deadline = time.monotonic() + 180
+    while True:
+        result = subprocess.run(command, env=head.env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        if result.returncode == 0 or "No available agent" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(5)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
