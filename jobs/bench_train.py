@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", default="jobs/configs/ml100k.yaml")
     parser.add_argument("--parts", default="reach,throughput", help="reach, throughput or both")
     parser.add_argument("--seeds", default="0", help="reach: one run per seed")
+    parser.add_argument("--stop-at-target", action="store_true", help="reach: stop each run once it reaches the target")
     parser.add_argument("--layouts", default="1:0,2:0,2:2,2:3", help="throughput: workers:zero_stage pairs")
     parser.add_argument("--epochs", type=int, default=3, help="throughput: epochs per layout")
     parser.add_argument("--peer", default=str(PEERS / "results.json"), help="the peer's recorded figures")
@@ -58,7 +59,10 @@ def reach(args: argparse.Namespace, peer: dict[str, Any], out: Path) -> dict[str
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         overrides = [*args.overrides, f"pretrain.seed={seed}"]
-        timed = run_stage("pretrain", args.config, overrides, out / f"reach-seed{seed}", target=("valid_ndcg@10", target))
+        timed = run_stage(
+            "pretrain", args.config, overrides, out / f"reach-seed{seed}", target=("valid_ndcg@10", target),
+            stop_at_target=args.stop_at_target,
+        )  # fmt: skip
         runs.append(_reach_record(seed, timed, peer))
         print(f"  seed {seed}: {json.dumps(runs[-1])}", flush=True)
     to_target = [r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None]
@@ -74,6 +78,10 @@ def reach(args: argparse.Namespace, peer: dict[str, Any], out: Path) -> dict[str
 
 
 def _reach_record(seed: int, timed: TimedRun, peer: dict[str, Any]) -> dict[str, Any]:
+    if not timed.summary:  # stopped at the target: the figures of the epoch that reached it
+        at = next(r for r in timed.history if r["epoch"] == timed.epoch_at_target)
+        timed.summary = {"metrics": {"valid": {"ndcg@10": at["valid_ndcg@10"]}, "test": {"ndcg@10": float("nan")}},
+                         "epochs_run": at["epoch"]}  # fmt: skip
     test = timed.summary["metrics"]["test"]
     return {
         "seed": seed,

@@ -33,3 +33,25 @@ def ml100k_path() -> Path:
     if not (ML100K / "ml-100k.inter").is_file():
         pytest.skip(f"shared MovieLens-100K not found at {ML100K}")
     return ML100K
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on a free 127.0.0.1 port for the session; the AWS variables point at it."""
+    pytest.importorskip("boto3")
+    server_mod = pytest.importorskip("moto.server")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        yield env["AWS_ENDPOINT_URL"]
+    server.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,12 @@ BUCKET = "raysys-test"
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on a free 127.0.0.1 port with one bucket; the AWS variables point at it."""
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        patch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield env["AWS_ENDPOINT_URL"]
-    server.stop()
+def s3_endpoint(s3_server):
+    """The session's moto S3 server (tests/conftest.py) with this module's bucket."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    return s3_server
 
 
 def _tree(root: Path) -> dict[str, str]:

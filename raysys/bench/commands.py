@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,10 +46,13 @@ def run_stage(
     out_dir: Path,
     *,
     target: tuple[str, float] | None = None,
+    stop_at_target: bool = False,
     log: Path | None = None,
 ) -> TimedRun:
     """`python -m raysys.cli <stage> --config <config> <overrides> --out <out_dir>`, timed.
 
+    stop_at_target: stop the command (its whole process group, Ray included) once the target is
+    reached; the summary is then {} and `seconds` is the time to the target.
     Raises RaysysError (naming the log) when the command fails.
     """
     command = [sys.executable, "-m", "raysys.cli", stage, "--config", config, *overrides, "--out", str(out_dir)]
@@ -57,11 +61,18 @@ def run_stage(
     start = time.perf_counter()
     reached: tuple[float, int] | None = None
     with open(log, "w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
+        )  # fmt: skip
         while process.poll() is None:
             time.sleep(POLL_S)
             if target is not None and reached is None:
                 reached = _first_at_target(out_dir / HISTORY_FILE, target, time.perf_counter() - start)
+                if reached and stop_at_target:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    return TimedRun(out_dir, round(reached[0], 1), round(reached[0], 1), reached[1], {},
+                                    read_history(out_dir / HISTORY_FILE))  # fmt: skip
     seconds = time.perf_counter() - start
     if process.returncode != 0:
         raise RaysysError(f"`{' '.join(command)}` exited with {process.returncode}", where=str(log))
