@@ -53,6 +53,7 @@ METRIC = f"valid_{VALID_METRIC}"  # the objective every trial reports (maximised
 STATE_FILE = "trial_state.json"
 TORCH_STATE_FILE = "training_state.pt"
 FAIL_MARKER = "injected_trial_failure_done"
+RAY_TRAIN_TRIAL_CPU = 0.01  # what a trial that launches Ray Train holds itself
 
 
 def make_trainable(cfg: Config, *, fail_once_at_epoch: int | None = None) -> Any:
@@ -65,7 +66,8 @@ def make_trainable(cfg: Config, *, fail_once_at_epoch: int | None = None) -> Any
     base = cfg.to_dict()
     if cfg.tune.trial_mode == "ray_train":
         # The trial only waits on its trainer: the Train workers hold the CPUs (train_cfg.cpus_per_worker).
-        return tune.with_resources(tune.with_parameters(ray_train_trial, base=base), {"cpu": 0})
+        # A token share, not 0: Ray 2.60 refuses an all-zero resource request.
+        return tune.with_resources(tune.with_parameters(ray_train_trial, base=base), {"cpu": RAY_TRAIN_TRIAL_CPU})
     trainable = tune.with_parameters(direct_trial, base=base, fail_once_at_epoch=fail_once_at_epoch)
     return tune.with_resources(trainable, {"cpu": cfg.tune.cpus_per_trial})
 

@@ -126,6 +126,17 @@ def test_optuna_trial_that_raises_once_is_retried_and_completes(ray_session, tin
 
 
 @pytest.mark.slow
+def test_ray_train_trials_launch_a_trainer_and_report_through_tune(ray_session, tiny_config: Path, tmp_path: Path) -> None:
+    overrides = ["tune.trial_mode=ray_train", "tune.scheduler=none", "tune.num_samples=1", "distill.epochs=2",
+                 "distill.num_workers=1", "distill.cpus_per_worker=0.5"]  # fmt: skip
+    grid = run_search(load_config(tiny_config, overrides), tmp_path)
+    assert len(grid) == 1 and grid.num_errors == 0
+    result = grid[0]
+    assert result.metrics["training_iteration"] == 2 and list(result.metrics_dataframe["epoch"]) == [1, 2]
+    assert 0 < result.metrics["valid_ndcg@10"] <= 1
+
+
+@pytest.mark.slow
 def test_pbt_exploit_resumes_from_the_donors_checkpoint(ray_session, tiny_config: Path, tmp_path: Path) -> None:
     # One trial barely learns (lr 1e-5), the other does: at epoch 2 the weak one copies the strong one
     # and trains epoch 3 from its weights. Synchronous PBT: otherwise a trial this small can finish
