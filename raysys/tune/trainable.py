@@ -53,7 +53,7 @@ METRIC = f"valid_{VALID_METRIC}"  # the objective every trial reports (maximised
 STATE_FILE = "trial_state.json"
 TORCH_STATE_FILE = "training_state.pt"
 FAIL_MARKER = "injected_trial_failure_done"
-RAY_TRAIN_TRIAL_CPU = 0.01  # what a trial that launches Ray Train holds itself
+RAY_TRAIN_TRIAL_RESOURCES = {"cpu": 0, "memory": 1}  # what a trial that launches Ray Train holds itself
 
 
 def make_trainable(cfg: Config, *, fail_once_at_epoch: int | None = None) -> Any:
@@ -66,8 +66,9 @@ def make_trainable(cfg: Config, *, fail_once_at_epoch: int | None = None) -> Any
     base = cfg.to_dict()
     if cfg.tune.trial_mode == "ray_train":
         # The trial only waits on its trainer: the Train workers hold the CPUs (train_cfg.cpus_per_worker).
-        # A token share, not 0: Ray 2.60 refuses an all-zero resource request.
-        return tune.with_resources(tune.with_parameters(ray_train_trial, base=base), {"cpu": RAY_TRAIN_TRIAL_CPU})
+        # No CPU (a 0.01 share tips a 2-CPU machine over and Ray Data's read task waits forever), but
+        # not an all-zero request either, which Ray 2.60 refuses: one byte of the memory resource.
+        return tune.with_resources(tune.with_parameters(ray_train_trial, base=base), RAY_TRAIN_TRIAL_RESOURCES)
     trainable = tune.with_parameters(direct_trial, base=base, fail_once_at_epoch=fail_once_at_epoch)
     return tune.with_resources(trainable, {"cpu": cfg.tune.cpus_per_trial})
 
