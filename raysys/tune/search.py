@@ -19,7 +19,7 @@ from typing import Any
 from raysys.config import Config
 from raysys.errors import RaysysError
 from raysys.train.ray_train import stage_section
-from raysys.tune.space import check_space, param_space, pbt_mutations
+from raysys.tune.space import check_space, config_point, param_space, pbt_mutations
 from raysys.tune.trainable import METRIC, make_trainable
 
 EXPERIMENT_NAME = "tune"  # the Tune experiment folder inside the run directory
@@ -107,29 +107,42 @@ def make_searcher(cfg: Config) -> Any:
     """Ray's search algorithm for `tune.searcher`, limited to `tune.max_concurrent` live trials.
 
     PBT needs its whole population alive at once (it pauses trials to time-share the CPUs), so under
-    PBT the concurrency is bound by the trials' resources instead.
+    PBT the concurrency is bound by the trials' resources instead. With `tune.start_from_config` the
+    first trial runs the config's own values (a grid enumerates its points instead).
     """
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     tune_cfg = cfg.tune
+    start = _starting_points(cfg)
     if tune_cfg.searcher in ("random", "grid"):
         limit = 0 if tune_cfg.scheduler == "pbt" else tune_cfg.max_concurrent  # 0: no limit
-        return BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=limit)
+        return BasicVariantGenerator(random_state=tune_cfg.seed, max_concurrent=limit, points_to_evaluate=start)
     if tune_cfg.searcher == "optuna":
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(sampler=TPESampler(seed=tune_cfg.seed))
+        searcher = OptunaSearch(sampler=TPESampler(seed=tune_cfg.seed), points_to_evaluate=start)
     else:
-        searcher = _hyperopt_search(tune_cfg.seed)
+        searcher = _hyperopt_search(tune_cfg.seed, start)
     return ConcurrencyLimiter(searcher, max_concurrent=tune_cfg.max_concurrent)
 
 
-def _hyperopt_search(seed: int) -> Any:
+def _starting_points(cfg: Config) -> list[dict[str, Any]] | None:
+    """[the config's own values] when `tune.start_from_config` (and the searcher samples), else None."""
+    if not cfg.tune.start_from_config or cfg.tune.searcher == "grid":
+        return None
+    point = config_point(cfg)
+    if point is None:
+        log.warning("tune.start_from_config: a config value lies outside tune.space; not starting from it")
+        return None
+    return [point]
+
+
+def _hyperopt_search(seed: int, start: list[dict[str, Any]] | None) -> Any:
     try:
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(random_state_seed=seed)
+        return HyperOptSearch(random_state_seed=seed, points_to_evaluate=start)
     except (ImportError, AssertionError):
         raise RaysysError(
             "the hyperopt package is not installed", where="tune.searcher", hint="pip install hyperopt, or use optuna"

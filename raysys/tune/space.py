@@ -37,6 +37,15 @@ def trial_config(base: dict[str, Any], values: dict[str, Any]) -> Config:
     return config_from_dict(raw, where="tune trial config")
 
 
+def config_point(cfg: Config) -> dict[str, Any] | None:
+    """The config's own value of every searched key, as a starting point for the searcher; None when
+    one of them lies outside its dimension (a searcher may reject such a point)."""
+    base = cfg.to_dict()
+    point = {key: _value_at(base, key) for key in cfg.tune.space}
+    inside = all(_inside(point[key], dim) for key, dim in cfg.tune.space.items())
+    return point if inside else None
+
+
 def searched_values(config: dict[str, Any], tune_cfg: TuneConfig) -> dict[str, Any]:
     """The searched keys of a trial's config (Tune may add its own keys beside them)."""
     return {key: config[key] for key in tune_cfg.space if key in config}
@@ -103,13 +112,28 @@ def _check_teacher(cfg: Config) -> None:
             )
 
 
-def _has_key(raw: dict[str, Any], key: str) -> bool:
+def _inside(value: Any, dim: SearchDimension) -> bool:
+    if dim.kind == "choice":
+        return value in (dim.values or [])
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and dim.low <= value <= dim.high  # type: ignore[operator]
+
+
+_MISSING = object()
+
+
+def _value_at(raw: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a nested dict, or _MISSING."""
     node: Any = raw
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
+            return _MISSING
         node = node[part]
-    return not isinstance(node, dict)
+    return node
+
+
+def _has_key(raw: dict[str, Any], key: str) -> bool:
+    value = _value_at(raw, key)
+    return value is not _MISSING and not isinstance(value, dict)
 
 
 def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from raysys.config import load_config
 from raysys.errors import RaysysError
 from raysys.tune.results import trial_table
 from raysys.tune.search import experiment_dir, run_search
-from raysys.tune.space import check_space, param_space, trial_config
+from raysys.tune.space import check_space, config_point, param_space, trial_config
 from raysys.tune.trainable import FAIL_MARKER, METRIC, read_trial_state
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +84,11 @@ def test_trial_config_fills_the_searched_values(tiny_config: Path) -> None:
     assert filled.distill.epochs == cfg.distill.epochs and filled.student == cfg.student
 
 
+def test_the_search_starts_from_the_config_values_when_they_lie_inside_the_space(tiny_config: Path) -> None:
+    assert config_point(load_config(tiny_config)) == {"distill.lr": 5e-3, "distill.lambda_ssl": 0.1}
+    assert config_point(load_config(tiny_config, ["distill.lr=0.5"])) is None  # outside [1e-3, 2e-2]
+
+
 # ------------------------------------------------------------------------------------ Ray Tune
 
 
@@ -123,6 +128,8 @@ def test_optuna_trial_that_raises_once_is_retried_and_completes(ray_session, tin
         assert result.metrics["training_iteration"] == 3 and list(history["epoch"]) == [1, 2, 3]
         assert read_trial_state(result.checkpoint.path).epoch == 3  # resumed from epoch 1's checkpoint
         assert 1e-3 <= result.config["distill.lr"] <= 2e-2  # TPE sampled inside the space
+    starts = [r.config for r in grid if r.config["distill.lr"] == 5e-3 and r.config["distill.lambda_ssl"] == 0.1]
+    assert len(starts) == 1  # tune.start_from_config: one trial ran the config's own values
 
 
 @pytest.mark.slow
