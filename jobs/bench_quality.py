@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ def one_seed(
         runs.append(("teacher", teacher))
     else:
         row["teacher"] = previous["teacher"]
+        # A finished run directory would be resumed (and its old result returned): train afresh.
+        shutil.rmtree(out / f"student-{seed}", ignore_errors=True)
     student_overrides = [*args.overrides, f"distill.seed={seed}", f"distill.teacher={out / f'teacher-{seed}' / 'model'}"]
     runs.append(("student", run_stage("distill", args.config, student_overrides, out / f"student-{seed}")))
     for name, run in runs:
