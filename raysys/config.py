@@ -287,7 +287,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         _set_dotted(cli_raw, key, value)
     _resolve_paths(cli_raw, Path.cwd())
     for key in PATH_KEYS:
-        value = _get_dotted(cli_raw, key)
+        value = get_dotted(cli_raw, key)
         if value is not None:
             _set_dotted(raw, key, value)
     return config_from_dict(raw, where=where)
@@ -335,18 +335,19 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _get_dotted(raw: dict[str, Any], key: str) -> Any:
+def get_dotted(raw: dict[str, Any], key: str, default: Any = None) -> Any:
+    """The value at a dotted key ("distill.lr") of a nested dict, or `default` where a part is missing."""
     node: Any = raw
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return default
         node = node[part]
     return node
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for key in PATH_KEYS:
-        value = _get_dotted(raw, key)
+        value = get_dotted(raw, key)
         if isinstance(value, str) and value and not _is_absolute(value):
             _set_dotted(raw, key, str((base / value).resolve()))
 

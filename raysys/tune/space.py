@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raysys.config import Config, SearchDimension, TuneConfig, config_from_dict
+from raysys.config import Config, SearchDimension, TuneConfig, config_from_dict, get_dotted
 from raysys.errors import RaysysError
 
 
@@ -122,13 +122,7 @@ _MISSING = object()
 
 
 def _value_at(raw: dict[str, Any], key: str) -> Any:
-    """The value at a dotted key of a nested dict, or _MISSING."""
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+    return get_dotted(raw, key, _MISSING)
 
 
 def _has_key(raw: dict[str, Any], key: str) -> bool:
