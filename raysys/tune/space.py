@@ -41,7 +41,7 @@ def config_point(cfg: Config) -> dict[str, Any] | None:
     """The config's own value of every searched key, as a starting point for the searcher; None when
     one of them lies outside its dimension (a searcher may reject such a point)."""
     base = cfg.to_dict()
-    point = {key: _value_at(base, key) for key in cfg.tune.space}
+    point = {key: get_dotted(base, key) for key in cfg.tune.space}
     inside = all(_inside(point[key], dim) for key, dim in cfg.tune.space.items())
     return point if inside else None
 
@@ -121,12 +121,8 @@ def _inside(value: Any, dim: SearchDimension) -> bool:
 _MISSING = object()
 
 
-def _value_at(raw: dict[str, Any], key: str) -> Any:
-    return get_dotted(raw, key, _MISSING)
-
-
 def _has_key(raw: dict[str, Any], key: str) -> bool:
-    value = _value_at(raw, key)
+    value = get_dotted(raw, key, _MISSING)
     return value is not _MISSING and not isinstance(value, dict)
 
 
