@@ -37,7 +37,7 @@ from raysys.models.common import count_non_embedding_params
 from raysys.models.teacher import build_teacher
 from raysys.train.deepspeed_config import deepspeed_config
 from raysys.train.local import make_loss_fn, make_optimizer, seed_everything
-from raysys.train.ray_train import TrainedModules, engine_step
+from raysys.train.ray_train import TrainedModules, engine_step, import_deepspeed
 from raysys.train.schedule import lr_scheduler
 
 H100_SXM_BF16_TFLOPS = 989.4  # dense, without sparsity (NVIDIA H100 SXM datasheet)
@@ -95,16 +95,11 @@ def random_windows(rng: np.random.Generator, batch: int, max_len: int, num_items
 
 
 def init_single_process(device: str):
-    """A one-process DeepSpeed world (nccl on GPU, gloo on CPU); returns the deepspeed module."""
-    if device == "cpu":
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "torch_extensions"))
+    """A one-process DeepSpeed world (nccl on GPU, gloo on CPU), set up as a Ray worker sets up its own;
+    returns the deepspeed module."""
     for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
-        os.environ.setdefault(key, value)
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False)
-    return deepspeed
+        os.environ.setdefault(key, value)  # what Ray Train's backend sets for each worker
+    return import_deepspeed(use_gpu=device == "cuda")
 
 
 def build_engine(args: argparse.Namespace, teacher_cfg: TeacherConfig, train_cfg: PretrainConfig):

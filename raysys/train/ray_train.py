@@ -356,7 +356,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg, stage = config_from_dict(config["cfg"]), config["stage"]
     train_cfg = stage_section(cfg, stage)
-    deepspeed = _import_deepspeed(train_cfg.use_gpu)
+    deepspeed = import_deepspeed(train_cfg.use_gpu)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     dataset = PreparedDataset.open(config["dataset_path"])
@@ -410,7 +410,7 @@ def _evaluator(cfg: Config, stage: Stage, dataset: PreparedDataset):
     return lambda model, split: validate(model, splits[split], dataset.num_items, cfg.eval, cfg.data.max_len)
 
 
-def _import_deepspeed(use_gpu: bool):
+def import_deepspeed(use_gpu: bool):
     """DeepSpeed, imported inside the worker: its accelerator is chosen at import (CPU unless the
     workers have GPUs), and the C++ op it builds on first use goes to a shared cache instead of each
     worker's home."""
