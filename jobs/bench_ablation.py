@@ -37,7 +37,7 @@ from raysys.eval.evaluator import evaluate_split
 from raysys.models.common import SequenceModel
 from raysys.models.student import build_student
 from raysys.models.teacher import build_teacher
-from raysys.train.local import seed_everything, train_model
+from raysys.train.local import global_batch, seed_everything, train_model
 
 STUDENT_VARIANTS = {  # name -> (lambda_ssl on?, lambda_kd on?)
     "student alone": (False, False),
@@ -81,11 +81,6 @@ def train_and_test(
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-def global_batch(section):
-    """The section with the workers' global batch as the in-process batch."""
-    return section.model_copy(update={"batch_size": section.batch_size * section.num_workers})
 
 
 def one_seed(cfg: Config, dataset: PreparedDataset, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from raysys.objectives.joint import distill_loss, pretrain_loss
 from raysys.train.schedule import lr_scheduler
 
 VALID_METRIC = "ndcg@10"  # early stopping and model selection
+TrainingT = TypeVar("TrainingT", bound=TrainingConfig)
 
 LossFn = Callable[[SequenceModel, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -57,6 +58,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def global_batch(cfg: TrainingT) -> TrainingT:
+    """`cfg` with the Ray workers' global batch (`batch_size` x `num_workers`) as its single-process batch.
+
+    An in-process stand-in for a Ray Train run (a direct Tune trial, the ablation) then takes the
+    same number of optimizer steps per epoch on batches of the same size, so lr and loss weights
+    chosen in-process carry over to the run with `num_workers` workers.
+    """
+    return cfg.model_copy(update={"batch_size": cfg.batch_size * cfg.num_workers})
 
 
 def make_optimizer(modules: Sequence[nn.Module], cfg: TrainingConfig) -> torch.optim.AdamW:

@@ -7,8 +7,8 @@ trial directory; `TuneReportCallback` forwards each epoch's worker report to Tun
 holds no CPU (its workers do), and a restored trial resumes from the Train run's checkpoints.
 
 "direct": the trial trains the model in its own process with the local loop's pieces
-(`raysys.train.local`) and reports each epoch with a checkpoint of the whole training state
-(model, AdamW, lr schedule, best epoch). That checkpoint is what PBT copies from a donor trial and
+(`raysys.train.local`), on the global batch of the stage's `num_workers` Ray workers, and reports
+each epoch with a checkpoint of the whole training state (model, AdamW, lr schedule, best epoch). That checkpoint is what PBT copies from a donor trial and
 what a retried or restored trial resumes from. After a restore the trial's own config wins: the new
 lr and weight decay are written into the restored optimizer, the loss weights build a new loss.
 
@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from raysys.config import Config
+from raysys.config import Config, DistillConfig, PretrainConfig
 from raysys.data.batches import training_windows
 from raysys.data.dataset import PreparedDataset
 from raysys.errors import RaysysError
@@ -39,6 +39,7 @@ from raysys.train.local import (
     VALID_METRIC,
     train_epoch,
     epoch_batches,
+    global_batch,
     make_loss_fn,
     make_optimizer,
     pin_unseen_item_ids,
@@ -119,7 +120,7 @@ def direct_trial(config: dict[str, Any], *, base: dict[str, Any], fail_once_at_e
     from ray import tune
 
     cfg = trial_config(base, config)
-    train_cfg = stage_section(cfg, cfg.tune.stage)
+    train_cfg = direct_section(cfg)
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))  # concurrent trials do not oversubscribe
     run = build_direct_run(cfg)
     context = tune.get_context()
@@ -142,12 +143,21 @@ def direct_trial(config: dict[str, Any], *, base: dict[str, Any], fail_once_at_e
             break
 
 
+def direct_section(cfg: Config) -> PretrainConfig | DistillConfig:
+    """The searched stage's training section, with the global batch its `num_workers` Ray workers take.
+
+    A direct trial stands for the Ray Train run that `best.yaml` launches; trained at the per-worker
+    batch, it would take `num_workers` times the steps and tune lr for a different run.
+    """
+    return global_batch(stage_section(cfg, cfg.tune.stage))
+
+
 def build_direct_run(cfg: Config) -> DirectRun:
     """Data, model (seeded), teacher, optimizer and lr schedule of the stage, as the local loop builds them."""
     from raysys.data.prepare import load_or_prepare
 
     stage = cfg.tune.stage
-    train_cfg = stage_section(cfg, stage)
+    train_cfg = direct_section(cfg)
     dataset = load_or_prepare(cfg.data, progress=False)
     text_emb = stage_text_emb(cfg, stage, dataset)
     seed_everything(train_cfg.seed)
@@ -202,7 +212,7 @@ def _apply_optimizer_settings(run: DirectRun) -> None:
 
     make_optimizer's first group holds the decayed matrices, the second the undecayed vectors.
     """
-    train_cfg = stage_section(run.cfg, run.cfg.tune.stage)
+    train_cfg = direct_section(run.cfg)
     factor = run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)
     run.scheduler.base_lrs = [train_cfg.lr for _ in run.optimizer.param_groups]
     for group in run.optimizer.param_groups:

@@ -24,7 +24,7 @@ from raysys.errors import RaysysError
 from raysys.tune.results import trial_table
 from raysys.tune.search import experiment_dir, run_search
 from raysys.tune.space import check_space, config_point, param_space, trial_config
-from raysys.tune.trainable import FAIL_MARKER, METRIC, read_trial_state
+from raysys.tune.trainable import FAIL_MARKER, METRIC, direct_section, read_trial_state
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
@@ -87,6 +87,12 @@ def test_trial_config_fills_the_searched_values(tiny_config: Path) -> None:
 def test_the_search_starts_from_the_config_values_when_they_lie_inside_the_space(tiny_config: Path) -> None:
     assert config_point(load_config(tiny_config)) == {"distill.lr": 5e-3, "distill.lambda_ssl": 0.1}
     assert config_point(load_config(tiny_config, ["distill.lr=0.5"])) is None  # outside [1e-3, 2e-2]
+
+
+def test_a_direct_trial_trains_on_the_global_batch_of_the_ray_run_it_stands_for(tiny_config: Path) -> None:
+    cfg = load_config(tiny_config, ["distill.num_workers=2", "distill.lr=0.004"])
+    section = direct_section(cfg)
+    assert section.batch_size == 2 * 64 and section.lr == 0.004 and cfg.distill.batch_size == 64
 
 
 # ------------------------------------------------------------------------------------ Ray Tune
