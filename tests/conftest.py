@@ -29,6 +29,18 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """The `data:` section of the tiny training configs: 200 synthetic users over 60 items, max_len 10,
+    prepared once per session into a shared cache."""
+    return {
+        "format": "synthetic",
+        "max_len": 10,
+        "cache_dir": str(tmp_path_factory.mktemp("tiny-data-cache")),
+        "synthetic": {"num_users": 200, "num_items": 60, "num_interactions": 2000, "num_topics": 4},
+    }
+
+
+@pytest.fixture(scope="session")
 def ml100k_path() -> Path:
     if not (ML100K / "ml-100k.inter").is_file():
         pytest.skip(f"shared MovieLens-100K not found at {ML100K}")

@@ -24,7 +24,6 @@ from typing import Any
 from raysys.config import Config
 from raysys.data.prepare import load_or_prepare
 from raysys.models.export import export_model_dir
-from raysys.train.history import HISTORY_FILE
 from raysys.train.ray_train import fit
 
 DESCRIPTION = "distil the student from a pretrained teacher on Ray Train workers; exports DIR/model"
@@ -35,20 +34,13 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     outcome = fit(cfg, "distill", out_dir)
     dataset = load_or_prepare(cfg.data, progress=False)
-    metrics = {"valid": outcome.valid, "test": outcome.test}
     model_dir = export_model_dir(
         outcome.model, out_dir / "model", dataset, kind="student", model_cfg=cfg.student,
-        max_len=cfg.data.max_len, metrics=metrics,
+        max_len=cfg.data.max_len, metrics=outcome.metrics,
     )  # fmt: skip
     return {
         "model_dir": str(model_dir),
         "teacher": cfg.distill.teacher,
-        "metrics": metrics,
-        "best_epoch": outcome.best_epoch,
-        "epochs_run": outcome.epochs_run,
-        "optimizer_steps": outcome.optimizer_steps,
-        "num_workers": cfg.distill.num_workers,
-        "zero_stage": cfg.distill.zero_stage,
-        "history": str(out_dir / HISTORY_FILE),
+        **outcome.summary(cfg.distill, out_dir),
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -26,7 +26,6 @@ from raysys.config import Config
 from raysys.data.prepare import load_or_prepare
 from raysys.models.ctr import ClickModel
 from raysys.models.export import export_model_dir
-from raysys.train.history import HISTORY_FILE
 from raysys.train.ray_train import fit
 
 CLICK_MODEL_FILE = "click_model.safetensors"
@@ -38,24 +37,17 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     outcome = fit(cfg, "pretrain", out_dir)
     dataset = load_or_prepare(cfg.data, progress=False)
-    metrics = {"valid": outcome.valid, "test": outcome.test}
     model = outcome.model
     if isinstance(model, ClickModel):
         save_file(model.state_dict(), str(out_dir / CLICK_MODEL_FILE))
         model = model.encoder
     model_dir = export_model_dir(
         model, out_dir / "model", dataset, kind="teacher", model_cfg=cfg.teacher,
-        max_len=cfg.data.max_len, metrics=metrics,
+        max_len=cfg.data.max_len, metrics=outcome.metrics,
     )  # fmt: skip
     return {
         "model_dir": str(model_dir),
         "task": cfg.pretrain.task,
-        "metrics": metrics,
-        "best_epoch": outcome.best_epoch,
-        "epochs_run": outcome.epochs_run,
-        "optimizer_steps": outcome.optimizer_steps,
-        "num_workers": cfg.pretrain.num_workers,
-        "zero_stage": cfg.pretrain.zero_stage,
-        "history": str(out_dir / HISTORY_FILE),
+        **outcome.summary(cfg.pretrain, out_dir),
         "seconds": round(time.perf_counter() - start, 2),
     }

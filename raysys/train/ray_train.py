@@ -58,7 +58,7 @@ from raysys.objectives.distillation import HiddenAlignment
 from raysys.objectives.joint import check_pretrain_objectives
 from raysys.train import checkpoint as ckpt
 from raysys.train.deepspeed_config import deepspeed_config
-from raysys.train.history import TensorBoardLog, write_history
+from raysys.train.history import HISTORY_FILE, TensorBoardLog, write_history
 from raysys.train.local import (
     VALID_METRIC,
     LossFn,
@@ -88,6 +88,23 @@ class TrainOutcome:
     epochs_run: int
     optimizer_steps: int
     checkpoint: Path  # the Ray checkpoint the model came from
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """{"valid": ..., "test": ...}: what the exported model directory and summary.json carry."""
+        return {"valid": self.valid, "test": self.test}
+
+    def summary(self, section: PretrainConfig | DistillConfig, out_dir: Path) -> dict[str, Any]:
+        """The run's entries of summary.json: metrics, epochs, steps, workers, ZeRO stage, history file."""
+        return {
+            "metrics": self.metrics,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "optimizer_steps": self.optimizer_steps,
+            "num_workers": section.num_workers,
+            "zero_stage": section.zero_stage,
+            "history": str(out_dir / HISTORY_FILE),
+        }
 
 
 class TrainedModules(nn.Module):

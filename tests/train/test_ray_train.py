@@ -29,16 +29,11 @@ def ray_train_session(ray_session):
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    """A config file: 200 synthetic users over 60 items, max_len 10, tiny teacher and student."""
+def tiny_config(tmp_path_factory, tiny_data: dict) -> Path:
+    """A config file: the tiny synthetic data, tiny teacher and student."""
     root = tmp_path_factory.mktemp("tiny")
     config = {
-        "data": {
-            "format": "synthetic",
-            "max_len": 10,
-            "cache_dir": str(root / "cache"),
-            "synthetic": {"num_users": 200, "num_items": 60, "num_interactions": 2000, "num_topics": 4},
-        },
+        "data": tiny_data,
         "teacher": {"arch": "gpt2", **TINY_MODEL},
         "student": TINY_MODEL,
         "pretrain": {**TRAINING, "epochs": 2},

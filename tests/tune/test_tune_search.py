@@ -36,16 +36,11 @@ TINY_SPACE = {
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    """200 synthetic users over 60 items, max_len 10, a tiny student, 3 epochs, no teacher."""
+def tiny_config(tmp_path_factory, tiny_data: dict) -> Path:
+    """The tiny synthetic data, a tiny student, 3 epochs, no teacher."""
     root = tmp_path_factory.mktemp("tune")
     config = {
-        "data": {
-            "format": "synthetic",
-            "max_len": 10,
-            "cache_dir": str(root / "cache"),
-            "synthetic": {"num_users": 200, "num_items": 60, "num_interactions": 2000, "num_topics": 4},
-        },
+        "data": tiny_data,
         "student": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0},
         "distill": {"epochs": 3, "batch_size": 64, "lr": 5e-3, "lambda_kd": 0.0, "lambda_ssl": 0.1, "patience": 5},
         "eval": {"ks": [10]},
