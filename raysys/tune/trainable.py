@@ -8,8 +8,8 @@ holds no CPU (its workers do), and a restored trial resumes from the Train run's
 
 "direct": the trial trains the model in its own process with the local loop's pieces
 (`raysys.train.local`), on the global batch of the stage's `num_workers` Ray workers, and reports
-each epoch with a checkpoint of the whole training state (model, AdamW, lr schedule, best epoch). That checkpoint is what PBT copies from a donor trial and
-what a retried or restored trial resumes from. After a restore the trial's own config wins: the new
+each epoch with a checkpoint of the whole training state (model, AdamW, lr schedule, best epoch).
+That checkpoint is what PBT copies from a donor trial and what a retried or restored trial resumes from. After a restore the trial's own config wins: the new
 lr and weight decay are written into the restored optimizer, the loss weights build a new loss.
 
 Each direct checkpoint's `trial_state.json` records which trial wrote it and the trial's lineage
@@ -105,6 +105,7 @@ class DirectRun:
     """Everything a direct trial trains with (built fresh in every (re)started trial process)."""
 
     cfg: Config
+    train_cfg: PretrainConfig | DistillConfig  # the searched stage's section at the global batch
     dataset: PreparedDataset
     model: SequenceModel
     alignment: HiddenAlignment | None
@@ -120,9 +121,9 @@ def direct_trial(config: dict[str, Any], *, base: dict[str, Any], fail_once_at_e
     from ray import tune
 
     cfg = trial_config(base, config)
-    train_cfg = direct_section(cfg)
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))  # concurrent trials do not oversubscribe
     run = build_direct_run(cfg)
+    train_cfg = run.train_cfg
     context = tune.get_context()
     state = restore_direct(run, tune.get_checkpoint(), context.get_trial_id())
     generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + state.epoch)
@@ -176,7 +177,7 @@ def build_direct_run(cfg: Config) -> DirectRun:
     optimizer = make_optimizer([model] + ([alignment] if alignment is not None else []), train_cfg)
     steps_per_epoch = math.ceil(math.ceil(len(windows) / train_cfg.batch_size) / train_cfg.grad_accum)
     scheduler = lr_scheduler(optimizer, train_cfg, train_cfg.epochs * steps_per_epoch)
-    return DirectRun(cfg, dataset, model, alignment, teacher, windows, optimizer, scheduler)
+    return DirectRun(cfg, train_cfg, dataset, model, alignment, teacher, windows, optimizer, scheduler)
 
 
 def restore_direct(run: DirectRun, checkpoint, trial_id: str) -> TrialState:
@@ -212,7 +213,7 @@ def _apply_optimizer_settings(run: DirectRun) -> None:
 
     make_optimizer's first group holds the decayed matrices, the second the undecayed vectors.
     """
-    train_cfg = direct_section(run.cfg)
+    train_cfg = run.train_cfg
     factor = run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)
     run.scheduler.base_lrs = [train_cfg.lr for _ in run.optimizer.param_groups]
     for group in run.optimizer.param_groups:
