@@ -68,11 +68,20 @@ def train_and_test(
     """Train in place (best valid epoch kept) and measure test figures."""
     start = time.perf_counter()
     result = train_model(
-        model, dataset, train_cfg, max_len=cfg.data.max_len, eval_cfg=cfg.eval, teacher=teacher,
-        on_epoch=lambda r: print(f"  {name} epoch {r['epoch']}: valid ndcg@10 {r['valid_ndcg@10']:.4f} ({r['seconds']} s)", flush=True),
-    )  # fmt: skip
+        model,
+        dataset,
+        train_cfg,
+        max_len=cfg.data.max_len,
+        eval_cfg=cfg.eval,
+        teacher=teacher,
+        on_epoch=lambda r: print(
+            f"  {name} epoch {r['epoch']}: valid ndcg@10 {r['valid_ndcg@10']:.4f} ({r['seconds']} s)", flush=True
+        ),
+    )
     with torch.inference_mode():
-        test = evaluate_split(model.next_item_scores, dataset.split("test"), dataset.num_items, cfg.eval, cfg.data.max_len)
+        test = evaluate_split(
+            model.next_item_scores, dataset.split("test"), dataset.num_items, cfg.eval, cfg.data.max_len
+        )
     return {
         "model": name,
         "test_ndcg@10": round(test["ndcg@10"], 4),
@@ -92,10 +101,16 @@ def one_seed(cfg: Config, dataset: PreparedDataset, seed: int, args: argparse.Na
 
     seed_everything(seed)
     pretrained = build_teacher(cfg.teacher, dataset.num_items, cfg.data.max_len)
-    ssl = next_item.model_copy(update={
-        "task": "pretrain", "epochs": args.pretrain_epochs, "patience": args.pretrain_epochs,
-        "weight_next_item": 0.0, "weight_masked_item": args.masked_weight, "weight_contrastive": args.contrastive_weight,
-    })  # fmt: skip
+    ssl = next_item.model_copy(
+        update={
+            "task": "pretrain",
+            "epochs": args.pretrain_epochs,
+            "patience": args.pretrain_epochs,
+            "weight_next_item": 0.0,
+            "weight_masked_item": args.masked_weight,
+            "weight_contrastive": args.contrastive_weight,
+        }
+    )
     start = time.perf_counter()
     train_model(pretrained, dataset, ssl, max_len=cfg.data.max_len, eval_cfg=cfg.eval)
     pretrain_s = time.perf_counter() - start
@@ -104,10 +119,14 @@ def one_seed(cfg: Config, dataset: PreparedDataset, seed: int, args: argparse.Na
     rows.append(row)
 
     for name, (use_ssl, use_kd) in STUDENT_VARIANTS.items():
-        distill = global_batch(cfg.distill).model_copy(update={
-            "seed": seed, "lambda_ssl": args.lambda_ssl if use_ssl else 0.0,
-            "lambda_kd": (args.lambda_kd or cfg.distill.lambda_kd) if use_kd else 0.0, "lambda_hidden": 0.0,
-        })  # fmt: skip
+        distill = global_batch(cfg.distill).model_copy(
+            update={
+                "seed": seed,
+                "lambda_ssl": args.lambda_ssl if use_ssl else 0.0,
+                "lambda_kd": (args.lambda_kd or cfg.distill.lambda_kd) if use_kd else 0.0,
+                "lambda_hidden": 0.0,
+            }
+        )
         seed_everything(seed)
         student = build_student(cfg.student, dataset.num_items, cfg.data.max_len)
         rows.append(train_and_test(name, student, dataset, cfg, distill, teacher=teacher if use_kd else None))
@@ -116,8 +135,10 @@ def one_seed(cfg: Config, dataset: PreparedDataset, seed: int, args: argparse.Na
 
 def summarize(rows: list[dict[str, Any]]) -> str:
     """Mean ± std of test NDCG@10 per dataset and model."""
-    lines = ["| dataset | model | test NDCG@10 (mean ± std) | test HR@10 | valid NDCG@10 | seeds |",
-             "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| dataset | model | test NDCG@10 (mean ± std) | test HR@10 | valid NDCG@10 | seeds |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
     for dataset, model in keys:
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
@@ -127,8 +148,10 @@ def summarize(rows: list[dict[str, Any]]) -> str:
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
-        lines.append(f"| {dataset} | {model} | {stat('test_ndcg@10')} | {stat('test_hr@10')} "
-                     f"| {stat('valid_ndcg@10')} | {len(group)} |")  # fmt: skip
+        lines.append(
+            f"| {dataset} | {model} | {stat('test_ndcg@10')} | {stat('test_hr@10')} "
+            f"| {stat('valid_ndcg@10')} | {len(group)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -40,8 +40,14 @@ def train_one(cfg: Config, arch: str, seed: int, epochs: int) -> dict:
     model = build_teacher(teacher_cfg, dataset.num_items, cfg.data.max_len)
     start = time.perf_counter()
     result = train_model(
-        model, dataset, train_cfg, max_len=cfg.data.max_len, eval_cfg=cfg.eval,
-        on_epoch=lambda r: print(f"  {arch} seed {seed} epoch {r['epoch']}: valid ndcg@10 {r['valid_ndcg@10']:.4f}", flush=True),
+        model,
+        dataset,
+        train_cfg,
+        max_len=cfg.data.max_len,
+        eval_cfg=cfg.eval,
+        on_epoch=lambda r: print(
+            f"  {arch} seed {seed} epoch {r['epoch']}: valid ndcg@10 {r['valid_ndcg@10']:.4f}", flush=True
+        ),
     )
     seconds = time.perf_counter() - start
     return {
@@ -59,9 +65,7 @@ def main() -> None:
     args = parse_args()
     cfg = load_config(args.config, args.overrides)
     rows = [
-        train_one(cfg, arch, int(seed), args.epochs)
-        for arch in args.archs.split(",")
-        for seed in args.seeds.split(",")
+        train_one(cfg, arch, int(seed), args.epochs) for arch in args.archs.split(",") for seed in args.seeds.split(",")
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

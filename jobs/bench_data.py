@@ -48,8 +48,14 @@ TARGET_PEAK_GIB = 8.0
 TARGET_RATIO = 0.5
 IMPLS = ("pandas", "raysys")
 KEYS = ("user_id", "item_id", "timestamp")
-SEQUENCE_COLUMNS = {"items": np.int64, "timestamps": np.int64, "ratings": np.float32, "train_len": np.int64,
-                    "valid_target": np.int64, "test_target": np.int64}  # fmt: skip
+SEQUENCE_COLUMNS = {
+    "items": np.int64,
+    "timestamps": np.int64,
+    "ratings": np.float32,
+    "train_len": np.int64,
+    "valid_target": np.int64,
+    "test_target": np.int64,
+}
 
 
 def synthetic_config(size: int, seed: int = 0) -> SyntheticConfig:
@@ -135,11 +141,15 @@ def _write_outputs(out_dir: Path, sequences: pa.Table, item_vocab: pd.Index, use
     (out_dir / SEQUENCES_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(sequences, out_dir / SEQUENCES_DIR / "part-00000.parquet", row_group_size=1 << 17)
     item_index = np.arange(FIRST_ITEM_INDEX, FIRST_ITEM_INDEX + len(item_vocab), dtype=np.int32)
-    pq.write_table(pa.table({"item_id": pa.array(np.asarray(item_vocab, dtype=object)), "item_index": item_index}),
-                   out_dir / "item_vocab.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"item_id": pa.array(np.asarray(item_vocab, dtype=object)), "item_index": item_index}),
+        out_dir / "item_vocab.parquet",
+    )
     user_index = np.arange(len(user_vocab), dtype=np.int32)
-    pq.write_table(pa.table({"user_id": pa.array(np.asarray(user_vocab, dtype=object)), "user_index": user_index}),
-                   out_dir / "user_vocab.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"user_id": pa.array(np.asarray(user_vocab, dtype=object)), "user_index": user_index}),
+        out_dir / "user_vocab.parquet",
+    )
 
 
 # --- one implementation in its own process ----------------------------------------------------------
@@ -194,8 +204,18 @@ def measure(impl: str, interactions: Path, work_dir: Path) -> dict[str, Any]:
     """Run one implementation in a subprocess under the peak-memory sampler; its figures plus memory."""
     work_dir.mkdir(parents=True, exist_ok=True)
     result_file = work_dir / "result.json"
-    command = [sys.executable, __file__, "--run-one", impl, "--input", str(interactions), "--work", str(work_dir),
-               "--result", str(result_file)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--run-one",
+        impl,
+        "--input",
+        str(interactions),
+        "--work",
+        str(work_dir),
+        "--result",
+        str(result_file),
+    ]
     log_file = work_dir.parent.parent / "logs" / f"{work_dir.name}.log"  # Ray Data's chatter goes here
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as log:
@@ -242,18 +262,35 @@ def bench_size(size: int, out_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-COLUMNS = ("size", "impl", "seconds", "interactions_per_s", "peak_pss_gib", "peak_rss_gib", "peak_shm_gib",
-           "ratio_vs_pandas", "ray_start_s", "generate_s", "num_users", "num_items", "outputs_identical")  # fmt: skip
+COLUMNS = (
+    "size",
+    "impl",
+    "seconds",
+    "interactions_per_s",
+    "peak_pss_gib",
+    "peak_rss_gib",
+    "peak_shm_gib",
+    "ratio_vs_pandas",
+    "ray_start_s",
+    "generate_s",
+    "num_users",
+    "num_items",
+    "outputs_identical",
+)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"\n{'size':>11} {'impl':>7} {'seconds':>8} {'inter/s':>11} {'peak GiB':>9} {'rss GiB':>8} "
-          f"{'ratio':>6} {'ray start':>9} {'identical':>9}")  # fmt: skip
+    print(
+        f"\n{'size':>11} {'impl':>7} {'seconds':>8} {'inter/s':>11} {'peak GiB':>9} {'rss GiB':>8} "
+        f"{'ratio':>6} {'ray start':>9} {'identical':>9}"
+    )
     for r in rows:
         ray_start = f"{r['ray_start_s']:.1f}" if r["ray_start_s"] is not None else "-"
-        print(f"{r['size']:>11,} {r['impl']:>7} {r['seconds']:>8.2f} {r['interactions_per_s']:>11,.0f} "
-              f"{r['peak_pss_gib']:>9.2f} {r['peak_rss_gib']:>8.2f} {r['ratio_vs_pandas']:>6.2f} {ray_start:>9} "
-              f"{str(r['outputs_identical']):>9}")  # fmt: skip
+        print(
+            f"{r['size']:>11,} {r['impl']:>7} {r['seconds']:>8.2f} {r['interactions_per_s']:>11,.0f} "
+            f"{r['peak_pss_gib']:>9.2f} {r['peak_rss_gib']:>8.2f} {r['ratio_vs_pandas']:>6.2f} {ray_start:>9} "
+            f"{str(r['outputs_identical']):>9}"
+        )
 
 
 def check_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -62,7 +62,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def step_flops(non_embedding: int, layers: int, hidden: int, num_items: int, batch: int, max_len: int) -> dict[str, float]:
+def step_flops(
+    non_embedding: int, layers: int, hidden: int, num_items: int, batch: int, max_len: int
+) -> dict[str, float]:
     """Model FLOPs of one training step (forward + backward), by term."""
     tokens = batch * max_len
     terms = {
@@ -97,7 +99,13 @@ def random_windows(rng: np.random.Generator, batch: int, max_len: int, num_items
 def init_single_process(device: str):
     """A one-process DeepSpeed world (nccl on GPU, gloo on CPU), set up as a Ray worker sets up its own;
     returns the deepspeed module."""
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29517",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }.items():
         os.environ.setdefault(key, value)  # what Ray Train's backend sets for each worker
     return import_deepspeed(use_gpu=device == "cuda")
 
@@ -112,9 +120,11 @@ def build_engine(args: argparse.Namespace, teacher_cfg: TeacherConfig, train_cfg
     optimizer = make_optimizer([modules], train_cfg)
     schedule = lr_scheduler(optimizer, train_cfg, total_steps=args.warmup + args.steps)
     engine, *_ = deepspeed.initialize(
-        model=modules, optimizer=optimizer, lr_scheduler=schedule,
+        model=modules,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
         config=deepspeed_config(train_cfg, use_gpu=args.device == "cuda"),
-    )  # fmt: skip
+    )
     return engine, model
 
 
@@ -126,7 +136,9 @@ def _sync(device: str) -> None:
 def main() -> None:
     args = parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA device here; run on the GPU machine, or pass --device cpu --tiny for a smoke run")
+        raise SystemExit(
+            "error: no CUDA device here; run on the GPU machine, or pass --device cpu --tiny for a smoke run"
+        )
     if args.tiny:
         args.hidden, args.layers, args.heads, args.items, args.max_len, args.batch = 64, 2, 2, 1000, 50, 8
         args.matmul_size = 512
@@ -155,9 +167,18 @@ def main() -> None:
     measured_peak = matmul_tflops(args.device, args.matmul_size)
     figures: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
-        "model": {"arch": "llama", "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
-                  "non_embedding_params": non_embedding, "catalog": args.items, "max_len": args.max_len},
-        "batch": args.batch, "zero_stage": args.zero, "precision": "bf16" if args.device == "cuda" else "fp32",
+        "model": {
+            "arch": "llama",
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "heads": args.heads,
+            "non_embedding_params": non_embedding,
+            "catalog": args.items,
+            "max_len": args.max_len,
+        },
+        "batch": args.batch,
+        "zero_stage": args.zero,
+        "precision": "bf16" if args.device == "cuda" else "fp32",
         "step_ms": round(1000 * seconds / args.steps, 2),
         "tokens_per_s": round(args.batch * args.max_len * args.steps / seconds, 1),
         "tflops_per_step": {k: round(v / 1e12, 6) for k, v in flops.items()},
@@ -166,7 +187,7 @@ def main() -> None:
         "mfu_vs_spec": round(achieved / args.peak_tflops, 4) if args.device == "cuda" else None,
         "mfu_vs_matmul": round(achieved / measured_peak, 4),
         "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
-    }  # fmt: skip
+    }
     if args.device == "cuda":
         figures["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     out = Path(args.out)

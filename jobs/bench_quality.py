@@ -33,8 +33,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--peer", default=str(PEERS / "results.json"))
     parser.add_argument("--out", default="runs/quality")
-    parser.add_argument("--reuse-teachers", action="store_true",
-                        help="keep the teachers of an earlier run in --out (from its quality.json); train the students again")  # fmt: skip
+    parser.add_argument(
+        "--reuse-teachers",
+        action="store_true",
+        help="keep the teachers of an earlier run in --out (from its quality.json); train the students again",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every run")
     return parser.parse_args()
 
@@ -51,15 +54,22 @@ def one_seed(
     runs = []
     if previous is None:
         teacher = run_stage(
-            "pretrain", args.config, [*args.overrides, f"pretrain.seed={seed}"], out / f"teacher-{seed}",
+            "pretrain",
+            args.config,
+            [*args.overrides, f"pretrain.seed={seed}"],
+            out / f"teacher-{seed}",
             target=("valid_ndcg@10", peer_valid),
-        )  # fmt: skip
+        )
         runs.append(("teacher", teacher))
     else:
         row["teacher"] = previous["teacher"]
         # A finished run directory would be resumed (and its old result returned): train afresh.
         shutil.rmtree(out / f"student-{seed}", ignore_errors=True)
-    student_overrides = [*args.overrides, f"distill.seed={seed}", f"distill.teacher={out / f'teacher-{seed}' / 'model'}"]
+    student_overrides = [
+        *args.overrides,
+        f"distill.seed={seed}",
+        f"distill.teacher={out / f'teacher-{seed}' / 'model'}",
+    ]
     runs.append(("student", run_stage("distill", args.config, student_overrides, out / f"student-{seed}")))
     for name, run in runs:
         metrics = run.summary["metrics"]
@@ -99,13 +109,17 @@ def markdown(results: dict[str, Any]) -> str:
     agg = results["aggregate"]
     lines = [
         f"peer (RecBole SASRec) test NDCG@10 {results['peer_test_ndcg@10']}",
-        "", "| model | valid NDCG@10 | test NDCG@10 | vs peer | per-seed test NDCG@10 |", "|---|---:|---:|---:|---|",
-    ]  # fmt: skip
+        "",
+        "| model | valid NDCG@10 | test NDCG@10 | vs peer | per-seed test NDCG@10 |",
+        "|---|---:|---:|---:|---|",
+    ]
     for name in ("teacher", "student"):
         valid, test = agg[f"{name}_valid_ndcg@10"], agg[f"{name}_test_ndcg@10"]
         seeds = ", ".join(str(r[name]["test"]["ndcg@10"]) for r in results["seeds"])
-        lines.append(f"| {name} | {valid['mean']} ± {valid['std']} | {test['mean']} ± {test['std']} "
-                     f"| {agg['targets'][f'{name}_vs_peer']}x | {seeds} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {valid['mean']} ± {valid['std']} | {test['mean']} ± {test['std']} "
+            f"| {agg['targets'][f'{name}_vs_peer']}x | {seeds} |"
+        )
     lines += ["", f"targets: {json.dumps(agg['targets'])}"]
     return "\n".join(lines) + "\n"
 
@@ -116,8 +130,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     sasrec = json.loads(Path(args.peer).read_text())["SASRec"]
     peer, peer_valid = sasrec["test"]["ndcg@10"], sasrec["best_valid_ndcg@10"]
-    results: dict[str, Any] = {"started_at": utc_now(), "config": args.config, "overrides": args.overrides,
-                               "peer_test_ndcg@10": peer, "load_avg_at_start": os.getloadavg(), "seeds": []}  # fmt: skip
+    results: dict[str, Any] = {
+        "started_at": utc_now(),
+        "config": args.config,
+        "overrides": args.overrides,
+        "peer_test_ndcg@10": peer,
+        "load_avg_at_start": os.getloadavg(),
+        "seeds": [],
+    }
     earlier = {}
     if args.reuse_teachers and (out / "quality.json").is_file():
         rows = json.loads((out / "quality.json").read_text())["seeds"]

@@ -56,8 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--no-access-log", action="store_true", help="turn Serve's per-request log lines off")
     parser.add_argument("--port", type=int, default=0, help="HTTP port (0: a free one)")
-    parser.add_argument("--int8-quality", action="store_true",
-                        help="also train a student on ml-100k and compare test NDCG@10 in fp32 and int8")
+    parser.add_argument(
+        "--int8-quality",
+        action="store_true",
+        help="also train a student on ml-100k and compare test NDCG@10 in fp32 and int8",
+    )
     parser.add_argument("--ml100k", default=str(ML100K), help="ml-100k in RecBole atomic format")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs for --int8-quality")
     parser.add_argument("--out", default="runs/bench_serve")
@@ -116,8 +119,9 @@ async def offered_load(
     return summarize(rate, n, latencies, errors, sent_s, total_s)
 
 
-def summarize(rate: float, n: int, latencies: list[float], errors: dict[str, int], sent_s: float,
-              total_s: float) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    rate: float, n: int, latencies: list[float], errors: dict[str, int], sent_s: float, total_s: float
+) -> dict[str, Any]:
     ok = len(latencies)
     achieved = ok / total_s if total_s else 0.0
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]).tolist() if ok else (None, None, None)
@@ -169,9 +173,12 @@ def rate_ladder(
         cpu_ms = 1000 * (tree_cpu_s() - cpu_before) / max(point["ok"], 1)
         point["cpu_ms_per_request"] = round(cpu_ms, 2)
         point["load_avg_1min"] = round(os.getloadavg()[0], 2)
-        print(f"    {rate:>5.0f} req/s offered: {point['achieved_rps']:>6.1f} achieved, p50 {point['p50_ms']} "
-              f"p95 {point['p95_ms']} p99 {point['p99_ms']} ms, errors {point['errors'] or 0}, "
-              f"{cpu_ms:.2f} CPU ms/request, load {point['load_avg_1min']}", flush=True)  # fmt: skip
+        print(
+            f"    {rate:>5.0f} req/s offered: {point['achieved_rps']:>6.1f} achieved, p50 {point['p50_ms']} "
+            f"p95 {point['p95_ms']} p99 {point['p99_ms']} ms, errors {point['errors'] or 0}, "
+            f"{cpu_ms:.2f} CPU ms/request, load {point['load_avg_1min']}",
+            flush=True,
+        )
         points.append(point)
         if not point["sustained"]:
             break
@@ -221,8 +228,13 @@ def in_process_floor(model_dir: Path, users: list[str], int8: bool = False, call
         model.predict(queries[i : i + 32])
     batched_qps = calls / (time.perf_counter() - start)
     p50, p99 = np.percentile(single, [50, 99]).tolist()
-    return {"int8": int8, "single_p50_ms": round(p50, 2), "single_p99_ms": round(p99, 2),
-            "single_qps": round(1000 / p50, 1), "batch32_qps": round(batched_qps, 1)}  # fmt: skip
+    return {
+        "int8": int8,
+        "single_p50_ms": round(p50, 2),
+        "single_p99_ms": round(p99, 2),
+        "single_qps": round(1000 / p50, 1),
+        "batch32_qps": round(batched_qps, 1),
+    }
 
 
 def int8_quality(ml100k: str, epochs: int, root: Path) -> dict[str, Any]:
@@ -243,8 +255,15 @@ def int8_quality(ml100k: str, epochs: int, root: Path) -> dict[str, Any]:
     model = build_student(StudentConfig(), dataset.num_items, MAX_LEN)
     train_cfg = PretrainConfig(task="next_item", epochs=epochs, batch_size=256, lr=2e-3)
     result = train_model(model, dataset, train_cfg, max_len=MAX_LEN, eval_cfg=EvalConfig(ks=[10]))
-    model_dir = export_model_dir(model, root / "ml100k-student", dataset, kind="student", model_cfg=StudentConfig(),
-                                 max_len=MAX_LEN, metrics={"valid": result.best_valid})  # fmt: skip
+    model_dir = export_model_dir(
+        model,
+        root / "ml100k-student",
+        dataset,
+        kind="student",
+        model_cfg=StudentConfig(),
+        max_len=MAX_LEN,
+        metrics={"valid": result.best_valid},
+    )
     test, eval_cfg = dataset.split("test"), EvalConfig(ks=[10])
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -272,8 +291,9 @@ def model_dirs(catalogs: list[int], root: Path) -> dict[int, Path]:
     for n in catalogs:
         path = root / f"items-{n}"
         if not (path / CONFIG_FILE).is_file():
-            random_model_dir(path, num_items=n, num_users=NUM_USERS, model_cfg=MODEL, max_len=MAX_LEN,
-                             model_version=f"random-{n}")  # fmt: skip
+            random_model_dir(
+                path, num_items=n, num_users=NUM_USERS, model_cfg=MODEL, max_len=MAX_LEN, model_version=f"random-{n}"
+            )
         out[n] = path
     return out
 
@@ -303,13 +323,21 @@ def main() -> None:
     # Production limits (ServeConfig defaults): past capacity the proxy answers 503 at once.
     base = ServeConfig(port=port, num_replicas=args.replicas, access_log=not args.no_access_log)
     results: dict[str, Any] = {
-        "started_at": utc_now(), "load_avg_at_start": os.getloadavg(),
+        "started_at": utc_now(),
+        "load_avg_at_start": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "settings": {"duration_s": args.duration, "replicas": args.replicas, "access_log": not args.no_access_log,
-                     "model": MODEL.model_dump(),
-                     "max_len": MAX_LEN, "users": NUM_USERS, "request": '{"user_id": <random>, "k": 10}'},
-        "served": [], "floor": [],
-    }  # fmt: skip
+        "settings": {
+            "duration_s": args.duration,
+            "replicas": args.replicas,
+            "access_log": not args.no_access_log,
+            "model": MODEL.model_dump(),
+            "max_len": MAX_LEN,
+            "users": NUM_USERS,
+            "request": '{"user_id": <random>, "k": 10}',
+        },
+        "served": [],
+        "floor": [],
+    }
     try:
         deploy(serve_config(base, str(dirs[catalogs[0]])))
         print(f"HTTP floor: GET /healthz ({url})", flush=True)
@@ -355,8 +383,9 @@ def check_targets(served: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    header = ("| items | batching | max sustained req/s | p50 / p95 / p99 ms at 200 req/s | at max: p99 ms "
-              "| CPU ms/req |")
+    header = (
+        "| items | batching | max sustained req/s | p50 / p95 / p99 ms at 200 req/s | at max: p99 ms | CPU ms/req |"
+    )
     lines = [header, "|---:|:---:|---:|---|---:|---:|"]
     for run in results["served"]:
         sustained = [p for p in run["points"] if p["sustained"]]
@@ -369,10 +398,16 @@ def markdown(results: dict[str, Any]) -> str:
     floor = [p for p in results.get("http_floor", []) if p["sustained"]]
     if floor:
         best = max(floor, key=lambda p: p["offered_rps"])
-        lines += ["", f"HTTP floor (GET /healthz, no model): {best['offered_rps']:.0f} req/s sustained, p99 "
-                      f"{best['p99_ms']} ms, {best['cpu_ms_per_request']} CPU ms/request"]  # fmt: skip
-    lines += ["", "| items | precision | in-process 1 query p50 / p99 ms | 1 query/s | batch-32 queries/s |",
-              "|---:|:---:|---|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            f"HTTP floor (GET /healthz, no model): {best['offered_rps']:.0f} req/s sustained, p99 "
+            f"{best['p99_ms']} ms, {best['cpu_ms_per_request']} CPU ms/request",
+        ]
+    lines += [
+        "",
+        "| items | precision | in-process 1 query p50 / p99 ms | 1 query/s | batch-32 queries/s |",
+        "|---:|:---:|---|---:|---:|",
+    ]
     for f in results["floor"]:
         precision = "int8" if f["int8"] else "fp32"
         latency = f"{f['single_p50_ms']} / {f['single_p99_ms']}"

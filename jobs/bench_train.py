@@ -60,9 +60,13 @@ def reach(args: argparse.Namespace, peer: dict[str, Any], out: Path) -> dict[str
     for seed in [int(s) for s in args.seeds.split(",")]:
         overrides = [*args.overrides, f"pretrain.seed={seed}"]
         timed = run_stage(
-            "pretrain", args.config, overrides, out / f"reach-seed{seed}", target=("valid_ndcg@10", target),
+            "pretrain",
+            args.config,
+            overrides,
+            out / f"reach-seed{seed}",
+            target=("valid_ndcg@10", target),
             stop_at_target=args.stop_at_target,
-        )  # fmt: skip
+        )
         runs.append(_reach_record(seed, timed, peer))
         print(f"  seed {seed}: {json.dumps(runs[-1])}", flush=True)
     to_target = [r["seconds_to_target"] for r in runs if r["seconds_to_target"] is not None]
@@ -80,14 +84,18 @@ def reach(args: argparse.Namespace, peer: dict[str, Any], out: Path) -> dict[str
 def _reach_record(seed: int, timed: TimedRun, peer: dict[str, Any]) -> dict[str, Any]:
     if not timed.summary:  # stopped at the target: the figures of the epoch that reached it
         at = next(r for r in timed.history if r["epoch"] == timed.epoch_at_target)
-        timed.summary = {"metrics": {"valid": {"ndcg@10": at["valid_ndcg@10"]}, "test": {"ndcg@10": float("nan")}},
-                         "epochs_run": at["epoch"]}  # fmt: skip
+        timed.summary = {
+            "metrics": {"valid": {"ndcg@10": at["valid_ndcg@10"]}, "test": {"ndcg@10": float("nan")}},
+            "epochs_run": at["epoch"],
+        }
     test = timed.summary["metrics"]["test"]
     return {
         "seed": seed,
         "seconds_to_target": timed.seconds_to_target,
         "epoch_at_target": timed.epoch_at_target,
-        "speedup": round(peer["seconds_to_best_valid"] / timed.seconds_to_target, 1) if timed.seconds_to_target else None,
+        "speedup": round(peer["seconds_to_best_valid"] / timed.seconds_to_target, 1)
+        if timed.seconds_to_target
+        else None,
         "command_seconds": timed.seconds,
         "best_valid_ndcg@10": round(timed.summary["metrics"]["valid"]["ndcg@10"], 4),
         "test_ndcg@10": round(test["ndcg@10"], 4),
@@ -101,18 +109,24 @@ def throughput(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     for layout in args.layouts.split(","):
         workers, zero = (int(x) for x in layout.split(":"))
         overrides = [
-            *args.overrides, f"pretrain.num_workers={workers}", f"pretrain.zero_stage={zero}",
-            f"pretrain.epochs={args.epochs}", f"pretrain.patience={args.epochs}",
-        ]  # fmt: skip
+            *args.overrides,
+            f"pretrain.num_workers={workers}",
+            f"pretrain.zero_stage={zero}",
+            f"pretrain.epochs={args.epochs}",
+            f"pretrain.patience={args.epochs}",
+        ]
         timed = run_stage("pretrain", args.config, overrides, out / f"throughput-w{workers}-z{zero}")
         steady = timed.history[1:] or timed.history
-        rows.append({
-            "workers": workers, "zero_stage": zero,
-            "items_per_s": round(statistics.mean(r["items_per_s"] for r in steady), 1),
-            "epoch_train_seconds": round(statistics.mean(r["train_seconds"] for r in steady), 2),
-            "command_seconds": timed.seconds,
-            "final_loss": round(timed.history[-1]["loss"], 4),
-        })  # fmt: skip
+        rows.append(
+            {
+                "workers": workers,
+                "zero_stage": zero,
+                "items_per_s": round(statistics.mean(r["items_per_s"] for r in steady), 1),
+                "epoch_train_seconds": round(statistics.mean(r["train_seconds"] for r in steady), 2),
+                "command_seconds": timed.seconds,
+                "final_loss": round(timed.history[-1]["loss"], 4),
+            }
+        )
         print(f"  {json.dumps(rows[-1])}", flush=True)
     return rows
 
@@ -125,8 +139,11 @@ def run_peer(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     with open(log, "w") as sink:
         done = subprocess.run(
             [args.run_peer, str(script), "SASRec", str(args.peer_epochs), args.data],
-            stdout=subprocess.PIPE, stderr=sink, text=True, check=False,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+            check=False,
+        )
     if done.returncode != 0:
         raise SystemExit(f"bench_train: the peer run failed (exit {done.returncode}); see {log}")
     final = json.loads(done.stdout.strip().splitlines()[-1])
@@ -157,24 +174,35 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"Time to the peer's best validation NDCG@10 ({r['target_valid_ndcg@10']}); peer: "
             f"{r['peer_seconds_to_target']} s ({results['peer']['source']})",
-            "", "| seed | seconds to target | epoch | speed-up | whole command s | best valid NDCG@10 | test NDCG@10 |",
+            "",
+            "| seed | seconds to target | epoch | speed-up | whole command s | best valid NDCG@10 | test NDCG@10 |",
             "|---:|---:|---:|---:|---:|---:|---:|",
-        ]  # fmt: skip
+        ]
         for run in r["runs"]:
             lines.append(
                 f"| {run['seed']} | {run['seconds_to_target']} | {run['epoch_at_target']} | {run['speedup']}x "
                 f"| {run['command_seconds']} | {run['best_valid_ndcg@10']} | {run['test_ndcg@10']} |"
             )
-        lines += ["", f"median speed-up {r['speedup_vs_peer']}x (target {TARGET_SPEEDUP}x: "
-                      f"{'met' if r['target_met'] else 'not met'})", ""]  # fmt: skip
+        lines += [
+            "",
+            f"median speed-up {r['speedup_vs_peer']}x (target {TARGET_SPEEDUP}x: "
+            f"{'met' if r['target_met'] else 'not met'})",
+            "",
+        ]
     if "throughput" in results:
-        lines += ["| workers | ZeRO | items/s | epoch train s | whole command s | final loss |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| workers | ZeRO | items/s | epoch train s | whole command s | final loss |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in results["throughput"]:
             lines.append(
                 f"| {row['workers']} | {row['zero_stage']} | {row['items_per_s']} | {row['epoch_train_seconds']} "
                 f"| {row['command_seconds']} | {row['final_loss']} |"
             )
-    lines += ["", f"load average (1, 5, 15 min) at start {results['load_avg_at_start']}, at end {results['load_avg_at_end']}"]
+    lines += [
+        "",
+        f"load average (1, 5, 15 min) at start {results['load_avg_at_start']}, at end {results['load_avg_at_end']}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -183,8 +211,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
-    results: dict[str, Any] = {"started_at": utc_now(), "config": args.config, "overrides": args.overrides,
-                               "load_avg_at_start": os.getloadavg(), "machine_cpus": os.cpu_count()}  # fmt: skip
+    results: dict[str, Any] = {
+        "started_at": utc_now(),
+        "config": args.config,
+        "overrides": args.overrides,
+        "load_avg_at_start": os.getloadavg(),
+        "machine_cpus": os.cpu_count(),
+    }
     results["peer"] = run_peer(args, out) if args.run_peer else recorded_peer(args.peer)
     if "reach" in parts:
         results["reach"] = reach(args, results["peer"], out)

@@ -51,9 +51,14 @@ def pretrain_teacher(cfg: Config, out: Path, epochs: int) -> str:
     result = train_model(model, dataset, train_cfg, max_len=cfg.data.max_len, eval_cfg=cfg.eval)
     print(f"teacher: valid ndcg@10 {result.best_valid['ndcg@10']:.4f} after {len(result.history)} epochs", flush=True)
     model_dir = export_model_dir(
-        model, out / "teacher", dataset, kind="teacher", model_cfg=cfg.teacher, max_len=cfg.data.max_len,
+        model,
+        out / "teacher",
+        dataset,
+        kind="teacher",
+        model_cfg=cfg.teacher,
+        max_len=cfg.data.max_len,
         metrics={"valid": result.best_valid},
-    )  # fmt: skip
+    )
     return str(model_dir)
 
 
@@ -97,7 +102,10 @@ def main() -> None:
         figures["modes"] = {}
         for mode in ("direct", "ray_train"):
             summary = search(with_tune(cfg, trial_mode=mode, num_samples=1, scheduler="none"), out / f"mode-{mode}")
-            figures["modes"][mode] = {"wall_s": summary["wall_seconds"], "best_valid_ndcg@10": summary["best"]["valid_ndcg@10"]}
+            figures["modes"][mode] = {
+                "wall_s": summary["wall_seconds"],
+                "best_valid_ndcg@10": summary["best"]["valid_ndcg@10"],
+            }
     for scheduler in ("none", "asha"):
         summary = search(with_tune(cfg, scheduler=scheduler), out / f"search-{scheduler}")
         figures[f"search_{scheduler}"] = {

@@ -60,7 +60,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config (see jobs/configs/); defaults if omitted")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<stage>-<UTC time>)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. data.max_len=100 distill.lambda_kd=0.5"
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. data.max_len=100 distill.lambda_kd=0.5",
     )
 
 

@@ -100,8 +100,12 @@ def upload_dir(local: Path, uri: str) -> None:
 def upload_file(local: Path, uri: str) -> None:
     """Copy the local file `local` to `uri` (replacing it)."""
     fs, path = filesystem(uri)
-    _call(uri, lambda: pafs.copy_files(str(local.resolve()), path, source_filesystem=pafs.LocalFileSystem(),
-                                       destination_filesystem=fs))  # fmt: skip
+    _call(
+        uri,
+        lambda: pafs.copy_files(
+            str(local.resolve()), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+        ),
+    )
 
 
 def download_dir(uri: str, local: Path) -> bool:
@@ -111,8 +115,12 @@ def download_dir(uri: str, local: Path) -> bool:
     if info.type == pafs.FileType.NotFound:
         return False
     local.mkdir(parents=True, exist_ok=True)
-    _call(uri, lambda: pafs.copy_files(path, str(local.resolve()), source_filesystem=fs,
-                                       destination_filesystem=pafs.LocalFileSystem()))  # fmt: skip
+    _call(
+        uri,
+        lambda: pafs.copy_files(
+            path, str(local.resolve()), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+        ),
+    )
     return True
 
 
@@ -128,8 +136,12 @@ def download(uri: str, local: Path) -> Path:
     if info.type == pafs.FileType.Directory:
         download_dir(uri, local)
     else:
-        _call(uri, lambda: pafs.copy_files(path, str(local.resolve()), source_filesystem=fs,
-                                           destination_filesystem=pafs.LocalFileSystem()))  # fmt: skip
+        _call(
+            uri,
+            lambda: pafs.copy_files(
+                path, str(local.resolve()), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+            ),
+        )
     return local
 
 
@@ -153,5 +165,8 @@ def _call(uri: str, fn):
         return fn()
     except OSError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RaysysError(f"object-store access failed ({message})", where=uri,
-                          hint="check the bucket, the credentials and AWS_ENDPOINT_URL") from None
+        raise RaysysError(
+            f"object-store access failed ({message})",
+            where=uri,
+            hint="check the bucket, the credentials and AWS_ENDPOINT_URL",
+        ) from None

@@ -59,10 +59,18 @@ def test_prepare_writes_summary_config_and_manifest(ray_session, monkeypatch, tm
 def test_job_file_runs_from_the_repo_root(tmp_path: Path) -> None:
     """`python jobs/prepare.py --config jobs/configs/quickstart.yaml ...` (a small synthetic log)."""
     out = tmp_path / "run"
-    done = run_command("jobs/prepare.py", "--config", "jobs/configs/quickstart.yaml",
-                       "data.synthetic.num_users=100", "data.synthetic.num_items=50",
-                       "data.synthetic.num_interactions=1500", f"data.cache_dir={tmp_path / 'cache'}",
-                       "--out", str(out), "--quiet")  # fmt: skip
+    done = run_command(
+        "jobs/prepare.py",
+        "--config",
+        "jobs/configs/quickstart.yaml",
+        "data.synthetic.num_users=100",
+        "data.synthetic.num_items=50",
+        "data.synthetic.num_interactions=1500",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_input_rows"] == 1500 and summary["has_text"] is True

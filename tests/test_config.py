@@ -14,8 +14,11 @@ from raysys.run import start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every raysys config under jobs/configs (a Ray Serve deployment file, with `applications:`, is not one).
-SHIPPED = [p for p in sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
-           if "applications" not in (yaml.safe_load(p.read_text()) or {})]  # fmt: skip
+SHIPPED = [
+    p
+    for p in sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
+    if "applications" not in (yaml.safe_load(p.read_text()) or {})
+]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -50,9 +53,16 @@ def test_wrong_type_is_named() -> None:
 
 
 def test_dotted_overrides() -> None:
-    cfg = load_config(ROOT / "jobs" / "configs" / "quickstart.yaml",
-                      ["data.min_user_interactions=5", "data.synthetic.num_interactions=200000",
-                       "data.item_text_fields=[title]", "distill.lambda_kd=0.5", "data.rating_col=null"])  # fmt: skip
+    cfg = load_config(
+        ROOT / "jobs" / "configs" / "quickstart.yaml",
+        [
+            "data.min_user_interactions=5",
+            "data.synthetic.num_interactions=200000",
+            "data.item_text_fields=[title]",
+            "distill.lambda_kd=0.5",
+            "data.rating_col=null",
+        ],
+    )
     assert cfg.data.min_user_interactions == 5 and cfg.data.synthetic.num_interactions == 200_000
     assert cfg.data.item_text_fields == ["title"] and cfg.data.rating_col is None
     assert cfg.distill.lambda_kd == 0.5 and cfg.data.format == "synthetic"

@@ -63,7 +63,7 @@ def run_stage(
     with open(log, "w") as sink:
         process = subprocess.Popen(
             command, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True
-        )  # fmt: skip
+        )
         while process.poll() is None:
             time.sleep(POLL_S)
             if target is not None and reached is None:
@@ -71,8 +71,14 @@ def run_stage(
                 if reached and stop_at_target:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-                    return TimedRun(out_dir, round(reached[0], 1), round(reached[0], 1), reached[1], {},
-                                    read_history(out_dir / HISTORY_FILE))  # fmt: skip
+                    return TimedRun(
+                        out_dir,
+                        round(reached[0], 1),
+                        round(reached[0], 1),
+                        reached[1],
+                        {},
+                        read_history(out_dir / HISTORY_FILE),
+                    )
     seconds = time.perf_counter() - start
     if process.returncode != 0:
         raise RaysysError(f"`{' '.join(command)}` exited with {process.returncode}", where=str(log))

@@ -67,7 +67,9 @@ class PreparedDataset:
             raise RaysysError("not a prepared dataset (no manifest.json)", where=str(path))
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise RaysysError(f"dataset format {manifest.get('format_version')} is not {FORMAT_VERSION}", where=str(path))
+            raise RaysysError(
+                f"dataset format {manifest.get('format_version')} is not {FORMAT_VERSION}", where=str(path)
+            )
         return cls(path=path, manifest=manifest)
 
     @property

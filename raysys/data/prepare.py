@@ -132,8 +132,9 @@ class Status:
             print(f"[prepare {time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_dataset(cfg: DataConfig, source: LogSource, inputs: list[dict[str, Any]], out_dir: Path,
-                    status: Status, key: str) -> dict[str, Any]:  # fmt: skip
+def prepare_dataset(
+    cfg: DataConfig, source: LogSource, inputs: list[dict[str, Any]], out_dir: Path, status: Status, key: str
+) -> dict[str, Any]:
     """Run the pipeline into `out_dir` (which must not exist) and return the manifest it wrote last."""
     if ensure_ray():
         status("started a local Ray instance")
@@ -143,8 +144,10 @@ def prepare_dataset(cfg: DataConfig, source: LogSource, inputs: list[dict[str, A
         rows = read_interactions(source, cfg.on_bad_rows).materialize()
         summary = summarize_log(rows, source)
         raise_for_bad_rows(summary, source, cfg.on_bad_rows)
-        status(f"{summary.num_input_rows:,} rows, {len(summary.user_vocab):,} users, "
-               f"{len(summary.item_vocab):,} items; grouping by user")  # fmt: skip
+        status(
+            f"{summary.num_input_rows:,} rows, {len(summary.user_vocab):,} users, "
+            f"{len(summary.item_vocab):,} items; grouping by user"
+        )
         users = user_rows(rows, summary)
         if cfg.min_user_interactions or cfg.min_item_interactions:
             users = users.materialize()
@@ -154,15 +157,28 @@ def prepare_dataset(cfg: DataConfig, source: LogSource, inputs: list[dict[str, A
             user_map = np.arange(len(summary.user_vocab), dtype=np.int32)
             item_map = np.arange(FIRST_ITEM_INDEX, len(summary.item_vocab) + FIRST_ITEM_INDEX, dtype=np.int32)
         status("splitting and writing shards")
-        shards = collect(users.map_batches(write_shard, batch_size=None, batch_format="pyarrow", fn_kwargs={
-            "user_map": user_map, "item_map": item_map, "user_vocab": summary.user_vocab, "out_dir": str(out_dir)}))
+        shards = collect(
+            users.map_batches(
+                write_shard,
+                batch_size=None,
+                batch_format="pyarrow",
+                fn_kwargs={
+                    "user_map": user_map,
+                    "item_map": item_map,
+                    "user_vocab": summary.user_vocab,
+                    "out_dir": str(out_dir),
+                },
+            )
+        )
         if cfg.on_bad_rows == "fail":
             raise_for_duplicates(shards, source)
     manifest = write_side_files(cfg, source, summary, user_map, item_map, shards, out_dir)
     manifest.update(key=key, inputs=inputs)
     write_json_atomic(out_dir / MANIFEST, manifest)
-    status(f"{manifest['num_users']:,} users, {manifest['num_items']:,} items, "
-           f"{manifest['num_interactions']:,} interactions kept")  # fmt: skip
+    status(
+        f"{manifest['num_users']:,} users, {manifest['num_items']:,} items, "
+        f"{manifest['num_interactions']:,} interactions kept"
+    )
     return manifest
 
 
@@ -194,8 +210,10 @@ def raise_for_bad_rows(summary: LogSummary, source: LogSource, on_bad_rows: str)
         rows, row, values = raw_row(source, ordinal)
         raise bad_row_error(rows, row, reason, values)
     if len(summary.user_vocab) == 0:
-        raise RaysysError(f"every one of the {summary.num_input_rows:,} rows is bad ({_nonzero(summary.bad_rows)})",
-                          where=_where(source))  # fmt: skip
+        raise RaysysError(
+            f"every one of the {summary.num_input_rows:,} rows is bad ({_nonzero(summary.bad_rows)})",
+            where=_where(source),
+        )
 
 
 def raise_for_duplicates(shards: pa.Table, source: LogSource) -> None:
@@ -225,8 +243,14 @@ def kcore_maps(users: Dataset, summary: LogSummary, cfg: DataConfig, status: Sta
     user_alive = np.ones(len(summary.user_vocab), dtype=bool)
     item_alive = np.ones(len(summary.item_vocab), dtype=bool)
     for round_ in itertools.count(1):
-        table = collect(users.map_batches(kcore_counts, batch_size=None, batch_format="pyarrow", fn_kwargs={
-            "user_alive": user_alive, "item_alive": item_alive, "min_user": cfg.min_user_interactions}))
+        table = collect(
+            users.map_batches(
+                kcore_counts,
+                batch_size=None,
+                batch_format="pyarrow",
+                fn_kwargs={"user_alive": user_alive, "item_alive": item_alive, "min_user": cfg.min_user_interactions},
+            )
+        )
         dead = np.concatenate([c.flatten().to_numpy() for c in table["dead_users"].chunks]).astype(np.int64)
         counts = np.concatenate([c.flatten().to_numpy() for c in table["item_counts"].chunks])
         counts = counts.reshape(-1, len(item_alive)).sum(axis=0)  # [blocks, items] -> [items]
@@ -238,21 +262,32 @@ def kcore_maps(users: Dataset, summary: LogSummary, cfg: DataConfig, status: Sta
         if not changed:
             break
     if not user_alive.any():
-        raise RaysysError(f"no interactions are left after the k-core filter (data.min_user_interactions="
-                          f"{cfg.min_user_interactions}, data.min_item_interactions={cfg.min_item_interactions})",
-                          where="data", hint="lower the minimum interaction counts")  # fmt: skip
+        raise RaysysError(
+            f"no interactions are left after the k-core filter (data.min_user_interactions="
+            f"{cfg.min_user_interactions}, data.min_item_interactions={cfg.min_item_interactions})",
+            where="data",
+            hint="lower the minimum interaction counts",
+        )
     user_map = np.where(user_alive, np.cumsum(user_alive) - 1, -1).astype(np.int32)
     item_map = np.where(item_alive, np.cumsum(item_alive) - 1 + FIRST_ITEM_INDEX, 0).astype(np.int32)
     return user_map, item_map
 
 
-def write_side_files(cfg: DataConfig, source: LogSource, summary: LogSummary, user_map: np.ndarray,
-                     item_map: np.ndarray, shards: pa.Table, out_dir: Path) -> dict[str, Any]:  # fmt: skip
+def write_side_files(
+    cfg: DataConfig,
+    source: LogSource,
+    summary: LogSummary,
+    user_map: np.ndarray,
+    item_map: np.ndarray,
+    shards: pa.Table,
+    out_dir: Path,
+) -> dict[str, Any]:
     """Vocabularies and item text, then the manifest content (counts, checksums, invariants)."""
     kept_users, kept_items = np.flatnonzero(user_map >= 0), np.flatnonzero(item_map > 0)
     item_ids = summary.item_vocab.take(pa.array(kept_items))
-    user_vocab = pa.table({"user_id": summary.user_vocab.take(pa.array(kept_users)),
-                           "user_index": pa.array(user_map[kept_users])})  # fmt: skip
+    user_vocab = pa.table(
+        {"user_id": summary.user_vocab.take(pa.array(kept_users)), "user_index": pa.array(user_map[kept_users])}
+    )
     item_vocab = pa.table({"item_id": item_ids, "item_index": pa.array(item_map[kept_items])})
     outputs = [_write(out_dir, "user_vocab.parquet", user_vocab), _write(out_dir, "item_vocab.parquet", item_vocab)]
     text = read_item_text(source.item_file)
@@ -260,21 +295,34 @@ def write_side_files(cfg: DataConfig, source: LogSource, summary: LogSummary, us
     if text is not None and text.num_rows:
         outputs.append(_write(out_dir, "item_text.parquet", text))
     shards = shards.filter(pc.not_equal(shards["file"], ""))
-    outputs += [{"path": f, "size": s, "sha256": h} for f, s, h in
-                zip(shards["file"].to_pylist(), shards["size"].to_pylist(), shards["sha256"].to_pylist())]  # fmt: skip
+    outputs += [
+        {"path": f, "size": s, "sha256": h}
+        for f, s, h in zip(shards["file"].to_pylist(), shards["size"].to_pylist(), shards["sha256"].to_pylist())
+    ]
     has_text = text is not None and text.num_rows > 0
     return _manifest(cfg, source, summary, shards, outputs, num_items=len(kept_items), has_text=has_text)
 
 
-def _manifest(cfg: DataConfig, source: LogSource, summary: LogSummary, shards: pa.Table, outputs: list[dict],
-              num_items: int, has_text: bool) -> dict[str, Any]:  # fmt: skip
-    total = {k: int(pc.sum(shards[k]).as_py() or 0) for k in
-             ("num_users", "num_interactions", "num_filtered", "num_duplicates", "num_eval")}  # fmt: skip
+def _manifest(
+    cfg: DataConfig,
+    source: LogSource,
+    summary: LogSummary,
+    shards: pa.Table,
+    outputs: list[dict],
+    num_items: int,
+    has_text: bool,
+) -> dict[str, Any]:
+    total = {
+        k: int(pc.sum(shards[k]).as_py() or 0)
+        for k in ("num_users", "num_interactions", "num_filtered", "num_duplicates", "num_eval")
+    }
     dropped = {**summary.bad_rows, "duplicate": total["num_duplicates"]}
     accounted = total["num_interactions"] + sum(dropped.values()) + total["num_filtered"]
     if accounted != summary.num_input_rows:
-        raise AssertionError(f"row accounting is off: kept + dropped + filtered = {accounted:,} but the input has "
-                             f"{summary.num_input_rows:,} rows")  # fmt: skip
+        raise AssertionError(
+            f"row accounting is off: kept + dropped + filtered = {accounted:,} but the input has "
+            f"{summary.num_input_rows:,} rows"
+        )
     train_items = np.unique(np.concatenate([c.flatten().to_numpy() for c in shards["train_items"].chunks] or [[]]))
     return {
         "format_version": FORMAT_VERSION,
@@ -305,8 +353,13 @@ def _item_text(text: pa.Table, item_ids: pa.Array, item_index: np.ndarray) -> pa
     position = pc.index_in(item_ids, value_set=text["item_id"])
     has_text = position.is_valid()
     rows = pc.drop_null(position)
-    return pa.table({"item_id": item_ids.filter(has_text), "item_index": pa.array(item_index).filter(has_text),
-                     "text": text["text"].take(rows)})  # fmt: skip
+    return pa.table(
+        {
+            "item_id": item_ids.filter(has_text),
+            "item_index": pa.array(item_index).filter(has_text),
+            "text": text["text"].take(rows),
+        }
+    )
 
 
 def _write(out_dir: Path, name: str, table: pa.Table) -> dict[str, Any]:

@@ -57,9 +57,26 @@ BYTES_PER_ROW = 32  # in-memory size of a normalized row (estimates for Ray's pl
 MOVIELENS_NAMES = ("u.data", "ratings.dat", "ratings.csv")
 MOVIELENS_ITEM_FILES = {"ml-100k": "u.item", "ml-1m": "movies.dat", "ml-csv": "movies.csv"}
 MOVIELENS_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 TEXT_TYPES = ("token", "token_seq")  # RecBole field types joined into item text by default
 TEXT_SEPARATOR = " | "
 LINE_DELIMITER = "\x1f"  # a delimiter that never occurs, to read whole lines with the CSV reader
@@ -129,8 +146,11 @@ def resolve_source(cfg: DataConfig) -> LogSource:
     if fmt == "synthetic" or (fmt == "auto" and not cfg.path):
         return _synthetic_source(cfg)
     if not cfg.path:
-        raise RaysysError(f"data.format is {fmt!r} but data.path is not set", where="data.path",
-                          hint="set data.path to a file, directory or glob, or use data.format=synthetic")  # fmt: skip
+        raise RaysysError(
+            f"data.format is {fmt!r} but data.path is not set",
+            where="data.path",
+            hint="set data.path to a file, directory or glob, or use data.format=synthetic",
+        )
     roots = _expand(cfg.path)
     if fmt == "auto":
         fmt = detect_format(roots[0])
@@ -156,12 +176,20 @@ def detect_format(path: Path) -> str:
         return "movielens"
     if "ratings.csv" in names and _first_line(path / "ratings.csv" if path.is_dir() else path).startswith("userId"):
         return "movielens"
-    for suffix, fmt in ((".parquet", "parquet"), (".pq", "parquet"), (".csv", "csv"), (".tsv", "csv"),
-                        (".txt", "sequence")):  # fmt: skip
+    for suffix, fmt in (
+        (".parquet", "parquet"),
+        (".pq", "parquet"),
+        (".csv", "csv"),
+        (".tsv", "csv"),
+        (".txt", "sequence"),
+    ):
         if suffix in suffixes:
             return fmt
-    raise RaysysError("cannot tell the log format from the file names", where=str(path),
-                      hint="set data.format to parquet, csv, movielens, recbole or sequence")  # fmt: skip
+    raise RaysysError(
+        "cannot tell the log format from the file names",
+        where=str(path),
+        hint="set data.format to parquet, csv, movielens, recbole or sequence",
+    )
 
 
 def _expand(path: str) -> list[Path]:
@@ -303,16 +331,22 @@ def _optional_column(files: tuple[LogFile, ...], canonical: str, name: str | Non
     having = [f for f in files if canonical in f.columns]
     if having and len(having) < len(files):
         lacking = next(f for f in files if canonical not in f.columns)
-        raise RaysysError(f"column {name!r} is missing here but present in {having[0].path}", where=lacking.path,
-                          hint="every file of a log needs the same columns")  # fmt: skip
+        raise RaysysError(
+            f"column {name!r} is missing here but present in {having[0].path}",
+            where=lacking.path,
+            hint="every file of a log needs the same columns",
+        )
     if required and not having:
         raise RaysysError(f"column {name!r} (data.{canonical}_col) is not in the log", where=files[0].path)
     return bool(having)
 
 
 def _drop_absent(file: LogFile, has_ratings: bool, has_events: bool) -> LogFile:
-    keep = {"user_id", "item_id", "timestamp"} | ({"rating"} if has_ratings else set()) | (
-        {"event"} if has_events else set())  # fmt: skip
+    keep = (
+        {"user_id", "item_id", "timestamp"}
+        | ({"rating"} if has_ratings else set())
+        | ({"event"} if has_events else set())
+    )
     return replace(file, columns={k: v for k, v in file.columns.items() if k in keep})
 
 
@@ -348,8 +382,15 @@ def _synthetic_source(cfg: DataConfig) -> LogSource:
             tmp.rename(folder)
         except OSError:  # another process generated the same log first: it is identical, keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
-    synthetic_cfg = cfg.model_copy(update={"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp",
-                                           "rating_col": "rating", "event_col": None})  # fmt: skip
+    synthetic_cfg = cfg.model_copy(
+        update={
+            "user_col": "user_id",
+            "item_col": "item_id",
+            "time_col": "timestamp",
+            "rating_col": "rating",
+            "event_col": None,
+        }
+    )
     files = _parquet_files([str(folder / INTERACTIONS_FILE)], synthetic_cfg)
     fields = tuple(cfg.item_text_fields) if cfg.item_text_fields else ("text",)  # its text starts with the title
     item_file = ItemFile(str(folder / ITEMS_FILE), "table", "item_id", fields)
@@ -370,14 +411,16 @@ class InteractionLogDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(_estimated_rows(f) for f in self._source.files) * BYTES_PER_ROW
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: object = None) -> list[ReadTask]:  # fmt: skip
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: object = None
+    ) -> list[ReadTask]:
         """One read task per LogFile (a text file, or a run of Parquet row groups), whatever `parallelism`."""
         tasks = []
         for file in self._source.files:
             rows = _estimated_rows(file)
-            meta = BlockMetadata(num_rows=file.num_rows, size_bytes=rows * BYTES_PER_ROW, exec_stats=None,
-                                 input_files=[file.path])  # fmt: skip
+            meta = BlockMetadata(
+                num_rows=file.num_rows, size_bytes=rows * BYTES_PER_ROW, exec_stats=None, input_files=[file.path]
+            )
             read = partial(read_log_file, file, self._on_bad_rows)
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
@@ -405,8 +448,9 @@ def read_log_file(file: LogFile, on_bad_rows: str) -> Iterator[pa.Table]:
             if on_bad_rows == "fail" and pc.max(block["reason"]).as_py():
                 return
     except (pa.ArrowException, OSError, UnicodeDecodeError):
-        yield unreadable_block(normalized_schema("rating" in file.columns, "event" in file.columns), file.file_index,
-                               row)  # fmt: skip
+        yield unreadable_block(
+            normalized_schema("rating" in file.columns, "event" in file.columns), file.file_index, row
+        )
 
 
 def read_error(file: LogFile) -> RaysysError:
@@ -415,8 +459,11 @@ def read_error(file: LogFile) -> RaysysError:
         for _ in _raw_tables(file):
             pass
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
-        return RaysysError(f"cannot read the file ({_arrow_message(exc)})", where=file.path,
-                           hint="check that it is complete and in the format data.format says")  # fmt: skip
+        return RaysysError(
+            f"cannot read the file ({_arrow_message(exc)})",
+            where=file.path,
+            hint="check that it is complete and in the format data.format says",
+        )
     return RaysysError("the file could not be read by a Ray worker (but reads here)", where=file.path)
 
 
@@ -464,13 +511,17 @@ def _text_tables(file: LogFile) -> Iterator[tuple[int, pa.Table]]:
     quoted = file.kind in ("csv", "ml-csv")  # RecBole and MovieLens .dat/.data files use no quoting
     reader = pacsv.open_csv(
         file.path,
-        read_options=pacsv.ReadOptions(column_names=list(file.file_names), skip_rows=file.header_lines,
-                                       block_size=TEXT_BLOCK_BYTES,
-                                       encoding="latin-1" if file.kind == "ml-1m" else "utf8"),
+        read_options=pacsv.ReadOptions(
+            column_names=list(file.file_names),
+            skip_rows=file.header_lines,
+            block_size=TEXT_BLOCK_BYTES,
+            encoding="latin-1" if file.kind == "ml-1m" else "utf8",
+        ),
         parse_options=pacsv.ParseOptions(delimiter=file.delimiter, quote_char='"' if quoted else False),
-        convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in file.file_names},
-                                             include_columns=list(names)),
-    )  # fmt: skip
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in file.file_names}, include_columns=list(names)
+        ),
+    )
     row = 0
     for batch in reader:
         yield row, pa.Table.from_batches([batch]).rename_columns([names[n] for n in batch.schema.names])
@@ -549,8 +600,9 @@ def _select_fields(item_file: ItemFile, available: list[str], default: list[str]
         return default
     unknown = [f for f in item_file.text_fields if f not in available]
     if unknown:
-        raise RaysysError(f"data.item_text_fields {unknown} not in the item file (it has {available})",
-                          where=item_file.path)  # fmt: skip
+        raise RaysysError(
+            f"data.item_text_fields {unknown} not in the item file (it has {available})", where=item_file.path
+        )
     return list(item_file.text_fields)
 
 
@@ -559,8 +611,9 @@ def _recbole_items(item_file: ItemFile) -> pa.Table:
     names = [h.split(":")[0] for h in header]
     types = {h.split(":")[0]: (h.split(":") + [""])[1] for h in header}
     if item_file.id_column not in names:
-        raise RaysysError(f"no item id field {item_file.id_column!r} (data.item_col); fields are {names}",
-                          where=item_file.path)  # fmt: skip
+        raise RaysysError(
+            f"no item id field {item_file.id_column!r} (data.item_col); fields are {names}", where=item_file.path
+        )
     table = _read_text_table(item_file.path, names, "\t", 1, quote=False)
     others = [n for n in names if n != item_file.id_column]
     default = [n for n in others if types[n] in TEXT_TYPES]
@@ -575,12 +628,15 @@ def _table_items(item_file: ItemFile) -> pa.Table:
     else:
         table = pacsv.read_csv(item_file.path, parse_options=pacsv.ParseOptions(delimiter=item_file.delimiter))
     if item_file.id_column not in table.column_names:
-        raise RaysysError(f"no item id column {item_file.id_column!r} (data.item_col); columns are "
-                          f"{table.column_names}", where=item_file.path)  # fmt: skip
+        raise RaysysError(
+            f"no item id column {item_file.id_column!r} (data.item_col); columns are {table.column_names}",
+            where=item_file.path,
+        )
     others = [n for n in table.column_names if n != item_file.id_column]
     default = [n for n in others if pa.types.is_string(table.schema.field(n).type)]
-    return pa.table({"item_id": table[item_file.id_column],
-                     "text": _join_fields(table, _select_fields(item_file, others, default))})  # fmt: skip
+    return pa.table(
+        {"item_id": table[item_file.id_column], "text": _join_fields(table, _select_fields(item_file, others, default))}
+    )
 
 
 def _ml100k_items(item_file: ItemFile) -> pa.Table:
@@ -595,32 +651,42 @@ def _ml100k_items(item_file: ItemFile) -> pa.Table:
     flags = [pc.if_else(pc.equal(table[f"g{i}"], "1"), name, None) for i, name in enumerate(genres)]
     genre_text = pc.binary_join_element_wise(*flags, " ", null_handling="skip")
     fields = pa.table({"title": table["title"], "release": table["release"], "genres": genre_text})
-    return pa.table({"item_id": table["item_id"],
-                     "text": _join_fields(fields, _select_fields(item_file, fields.column_names, ["title", "genres"]))})
+    return pa.table(
+        {
+            "item_id": table["item_id"],
+            "text": _join_fields(fields, _select_fields(item_file, fields.column_names, ["title", "genres"])),
+        }
+    )
 
 
 def _ml1m_items(item_file: ItemFile) -> pa.Table:
     """movies.dat: `id::title::genre|genre` (latin-1)."""
     lines = _read_text_table(item_file.path, ["line"], LINE_DELIMITER, 0, quote=False, encoding="latin-1")["line"]
     parts = pc.split_pattern(lines, "::", max_splits=2)
-    fields = pa.table({"title": pc.list_element(parts, 1),
-                       "genres": pc.replace_substring(pc.list_element(parts, 2), "|", " ")})  # fmt: skip
+    fields = pa.table(
+        {"title": pc.list_element(parts, 1), "genres": pc.replace_substring(pc.list_element(parts, 2), "|", " ")}
+    )
     text = _join_fields(fields, _select_fields(item_file, fields.column_names, ["title", "genres"]))
     return pa.table({"item_id": pc.list_element(parts, 0), "text": text})
 
 
 def _mlcsv_items(item_file: ItemFile) -> pa.Table:
     """movies.csv: movieId,title,genres (genres '|'-separated, '(no genres listed)' for none)."""
-    table = pacsv.read_csv(item_file.path, convert_options=pacsv.ConvertOptions(
-        column_types={"movieId": pa.string(), "title": pa.string(), "genres": pa.string()}))  # fmt: skip
+    table = pacsv.read_csv(
+        item_file.path,
+        convert_options=pacsv.ConvertOptions(
+            column_types={"movieId": pa.string(), "title": pa.string(), "genres": pa.string()}
+        ),
+    )
     genres = pc.replace_substring(pc.replace_substring(table["genres"], "(no genres listed)", ""), "|", " ")
     fields = pa.table({"title": table["title"], "genres": genres})
     text = _join_fields(fields, _select_fields(item_file, fields.column_names, ["title", "genres"]))
     return pa.table({"item_id": table["movieId"], "text": text})
 
 
-def _read_text_table(path: str, names: list[str], delimiter: str, skip: int, *, quote: bool,
-                     encoding: str = "utf8") -> pa.Table:  # fmt: skip
+def _read_text_table(
+    path: str, names: list[str], delimiter: str, skip: int, *, quote: bool, encoding: str = "utf8"
+) -> pa.Table:
     return pacsv.read_csv(
         path,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip, encoding=encoding),

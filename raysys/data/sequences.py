@@ -38,15 +38,17 @@ def summarize_block(block: pa.Table) -> pa.Table:
     bad = np.flatnonzero((reason > 0) & (reason != UNREADABLE))
     first = bad[np.argmin(ordinal[bad])] if len(bad) else -1
     unreadable = ordinal[reason == UNREADABLE]
-    return pa.table({
-        "num_rows": pa.array([block.num_rows - counts[UNREADABLE]], pa.int64()),
-        "reason_counts": pa.array([counts[1 : len(REASONS) + 1].tolist()], pa.list_(pa.int64())),
-        "first_bad": pa.array([ordinal[first] if first >= 0 else -1], pa.int64()),
-        "first_bad_reason": pa.array([reason[first] if first >= 0 else 0], pa.int8()),
-        "first_unreadable": pa.array([unreadable.min() if len(unreadable) else -1], pa.int64()),
-        "user_ids": _as_list_cell(used_dictionary_values(block["user_id"])),
-        "item_ids": _as_list_cell(used_dictionary_values(block["item_id"])),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "num_rows": pa.array([block.num_rows - counts[UNREADABLE]], pa.int64()),
+            "reason_counts": pa.array([counts[1 : len(REASONS) + 1].tolist()], pa.list_(pa.int64())),
+            "first_bad": pa.array([ordinal[first] if first >= 0 else -1], pa.int64()),
+            "first_bad_reason": pa.array([reason[first] if first >= 0 else 0], pa.int8()),
+            "first_unreadable": pa.array([unreadable.min() if len(unreadable) else -1], pa.int64()),
+            "user_ids": _as_list_cell(used_dictionary_values(block["user_id"])),
+            "item_ids": _as_list_cell(used_dictionary_values(block["item_id"])),
+        }
+    )
 
 
 def used_dictionary_values(column: pa.ChunkedArray) -> pa.Array:
@@ -66,8 +68,9 @@ def build_vocab(ids: pa.Array) -> pa.Array:
     '1' gets index 0), else lexicographic (byte) order. Deterministic whatever the file or block order."""
     ids = pc.unique(ids)
     if len(ids) and pc.all(pc.match_substring_regex(ids, INTEGER_ID)).as_py():
-        order = pc.sort_indices(pa.table({"n": pc.cast(ids, pa.int64()), "s": ids}),
-                                sort_keys=[("n", "ascending"), ("s", "ascending")])  # fmt: skip
+        order = pc.sort_indices(
+            pa.table({"n": pc.cast(ids, pa.int64()), "s": ids}), sort_keys=[("n", "ascending"), ("s", "ascending")]
+        )
     else:
         order = pc.sort_indices(ids)
     return ids.take(order)
@@ -120,8 +123,11 @@ def build_user_rows(block: pa.Table) -> pa.Table:
     A row with the same user, item and timestamp as an earlier row is a duplicate: dropped and counted.
     """
     table = block.combine_chunks()
-    table = table.take(pc.sort_indices(table, sort_keys=[("user_index", "ascending"), ("timestamp", "ascending"),
-                                                         ("ordinal", "ascending")]))  # fmt: skip
+    table = table.take(
+        pc.sort_indices(
+            table, sort_keys=[("user_index", "ascending"), ("timestamp", "ascending"), ("ordinal", "ascending")]
+        )
+    )
     user = table["user_index"].to_numpy()
     starts = _run_starts(user)
     repeats = _duplicates(user, table["timestamp"].to_numpy(), table["item_index"].to_numpy())
@@ -198,8 +204,12 @@ def kcore_counts(block: pa.Table, *, user_alive: np.ndarray, item_alive: np.ndar
     live = item_alive[flat] & was_alive[owner]
     ok = was_alive & (np.bincount(owner[live], minlength=len(users)) >= max(min_user, 1))
     counts = np.bincount(flat[live & ok[owner]], minlength=len(item_alive)).astype(np.int32)
-    return pa.table({"dead_users": _as_list_cell(pa.array(users[was_alive & ~ok], pa.int32())),
-                     "item_counts": _as_list_cell(pa.array(counts))})  # fmt: skip
+    return pa.table(
+        {
+            "dead_users": _as_list_cell(pa.array(users[was_alive & ~ok], pa.int32())),
+            "item_counts": _as_list_cell(pa.array(counts)),
+        }
+    )
 
 
 def _flat_items(items: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +221,9 @@ def _flat_items(items: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- output shards
 
 
-def write_shard(block: pa.Table, *, user_map: np.ndarray, item_map: np.ndarray, user_vocab: pa.Array,
-                out_dir: str) -> pa.Table:  # fmt: skip
+def write_shard(
+    block: pa.Table, *, user_map: np.ndarray, item_map: np.ndarray, user_vocab: pa.Array, out_dir: str
+) -> pa.Table:
     """Write one `sequences/part-*.parquet` shard (layout in raysys.data.dataset) from user rows and
     return one row describing it: file, size, sha256, counts, and the distinct items of its train parts.
 
@@ -229,9 +240,14 @@ def write_shard(block: pa.Table, *, user_map: np.ndarray, item_map: np.ndarray, 
     rows = np.flatnonzero(new_user >= 0)  # kept users, already in final index order
     lengths = np.bincount(owner[keep], minlength=len(users))[rows].astype(np.int32)
     assert (lengths > 0).all(), "a user kept by the k-core has no items left"
-    stats = {"num_users": len(rows), "num_interactions": int(keep.sum()), "num_filtered": int(len(flat) - keep.sum()),
-             "num_duplicates": int(pc.sum(block["num_duplicates"]).as_py() or 0),
-             "num_eval": int((lengths >= 3).sum()), **_earliest_duplicate(block)}  # fmt: skip
+    stats = {
+        "num_users": len(rows),
+        "num_interactions": int(keep.sum()),
+        "num_filtered": int(len(flat) - keep.sum()),
+        "num_duplicates": int(pc.sum(block["num_duplicates"]).as_py() or 0),
+        "num_eval": int((lengths >= 3).sum()),
+        **_earliest_duplicate(block),
+    }
     if len(rows) == 0:
         return _shard_row("", 0, "", stats, np.zeros(0, np.int32))
     shard = _shard_table(block, rows, lengths, keep, new_item[keep], new_user[rows], user_vocab)
@@ -250,8 +266,15 @@ def _earliest_duplicate(block: pa.Table) -> dict[str, int]:
     return {"first_duplicate": int(first[row]), "duplicate_of": int(block["duplicate_of"][row].as_py())}
 
 
-def _shard_table(block: pa.Table, rows: np.ndarray, lengths: np.ndarray, keep: np.ndarray, items: np.ndarray,
-                 user_index: np.ndarray, user_vocab: pa.Array) -> pa.Table:  # fmt: skip
+def _shard_table(
+    block: pa.Table,
+    rows: np.ndarray,
+    lengths: np.ndarray,
+    keep: np.ndarray,
+    items: np.ndarray,
+    user_index: np.ndarray,
+    user_vocab: pa.Array,
+) -> pa.Table:
     """The kept users' rows: kept elements stay in list order (so grouped by user, in user order), items
     re-indexed, plus the leave-one-out split.
 
@@ -288,11 +311,15 @@ def _train_items(shard: pa.Table) -> np.ndarray:
 
 
 def _shard_row(name: str, size: int, checksum: str, stats: dict[str, int], train_items: np.ndarray) -> pa.Table:
-    return pa.table({
-        "file": [name], "size": pa.array([size], pa.int64()), "sha256": [checksum],
-        **{k: pa.array([v], pa.int64()) for k, v in stats.items()},
-        "train_items": _as_list_cell(pa.array(train_items, pa.int32())),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "file": [name],
+            "size": pa.array([size], pa.int64()),
+            "sha256": [checksum],
+            **{k: pa.array([v], pa.int64()) for k, v in stats.items()},
+            "train_items": _as_list_cell(pa.array(train_items, pa.int32())),
+        }
+    )
 
 
 def file_sha256(path: str | Path) -> str:

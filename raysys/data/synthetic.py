@@ -60,9 +60,25 @@ START_TIME = 1_577_836_800  # 2020-01-01 UTC; users start within the following y
 START_SPREAD_S = 365 * 86_400
 WORDS_PER_TOPIC = 12
 GENERIC_WORDS = np.array(
-    ["guide", "edition", "classic", "collection", "volume", "series", "deluxe", "original",
-     "special", "complete", "essential", "premium", "mini", "pro", "set", "pack"]
-)  # fmt: skip
+    [
+        "guide",
+        "edition",
+        "classic",
+        "collection",
+        "volume",
+        "series",
+        "deluxe",
+        "original",
+        "special",
+        "complete",
+        "essential",
+        "premium",
+        "mini",
+        "pro",
+        "set",
+        "pack",
+    ]
+)
 SYLLABLES = np.array([c + v for c in "bdfgklmnprstvz" for v in "aeiou"])
 
 

@@ -45,9 +45,14 @@ ORDINAL_FILE_SHIFT = 40  # rows per file < 2**40; files < 2**23
 DROP_HINT = "fix the file, or set data.on_bad_rows=drop to drop such rows (they are counted in summary.json)"
 NUMBER_PATTERN = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
 DATE_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d")
-TYPE_FAMILIES = {"integer": pa.types.is_integer, "float": pa.types.is_floating, "string": pa.types.is_string,
-                 "large string": pa.types.is_large_string, "timestamp": pa.types.is_timestamp,
-                 "date": pa.types.is_date}  # fmt: skip
+TYPE_FAMILIES = {
+    "integer": pa.types.is_integer,
+    "float": pa.types.is_floating,
+    "string": pa.types.is_string,
+    "large string": pa.types.is_large_string,
+    "timestamp": pa.types.is_timestamp,
+    "date": pa.types.is_date,
+}
 ALLOWED_FAMILIES = {  # what a column of each role may hold
     "user_id": ("integer", "string"),
     "item_id": ("integer", "string"),
@@ -106,14 +111,16 @@ def normalize_rows(raw: pa.Table, rows: FileRows, first_row: int) -> pa.Table:
     bad = reason != 0
     if bad.any():
         users, items = _null_where(users, bad), _null_where(items, bad)
-    return pa.table({
-        "user_id": users,
-        "item_id": items,
-        "timestamp": pa.array(timestamps),
-        "ordinal": make_ordinal(rows.file_index, first_row, raw.num_rows),
-        **columns,
-        "reason": pa.array(reason),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "user_id": users,
+            "item_id": items,
+            "timestamp": pa.array(timestamps),
+            "ordinal": make_ordinal(rows.file_index, first_row, raw.num_rows),
+            **columns,
+            "reason": pa.array(reason),
+        }
+    )
 
 
 def unreadable_block(template: pa.Schema, file_index: int, row: int) -> pa.Table:
@@ -175,8 +182,10 @@ def parse_timestamps(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np
         return _seconds_from_floats(numbers, np.isnan(numbers))
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return _seconds_from_strings(values)
-    raise RaysysError(f"timestamp column has type {kind}; expected integer or float seconds, a timestamp or "
-                      "date type, or date strings")  # fmt: skip
+    raise RaysysError(
+        f"timestamp column has type {kind}; expected integer or float seconds, a timestamp or "
+        "date type, or date strings"
+    )
 
 
 def _seconds_from_floats(numbers: np.ndarray, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,8 +226,9 @@ def parse_numbers(values: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nd
         values = values.dictionary_decode()
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         is_number = pc.fill_null(pc.match_substring_regex(values, NUMBER_PATTERN), False)
-        values = pc.if_else(is_number, pc.cast(pc.utf8_trim_whitespace(pc.if_else(is_number, values, "0")),
-                                               pa.float64()), None)  # fmt: skip
+        values = pc.if_else(
+            is_number, pc.cast(pc.utf8_trim_whitespace(pc.if_else(is_number, values, "0")), pa.float64()), None
+        )
     elif not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
         raise RaysysError(f"expected a numeric column, got type {values.type}")
     numbers = pc.fill_null(pc.cast(values, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
@@ -238,6 +248,7 @@ def _null_where(values: pa.DictionaryArray, mask: np.ndarray) -> pa.DictionaryAr
 
 def bad_row_error(rows: FileRows, row: int, reason: int, raw: dict[str, object]) -> RaysysError:
     """The one-line error for bad row `row` of a file; `raw` holds its values as read (canonical names)."""
+
     def shown(col: str) -> str:
         return f"{rows.field_label(col)} {raw.get(col)!r}"
 
@@ -285,8 +296,11 @@ def check_same_types(schemas: list[tuple[str, pa.Schema]], columns: list[str]) -
             if seen is None:
                 seen = (path, family)
             elif family != seen[1]:
-                raise RaysysError(f"column {column!r} is {family} here but {seen[1]} in {seen[0]}", where=path,
-                                  hint="make the column the same type in every file")  # fmt: skip
+                raise RaysysError(
+                    f"column {column!r} is {family} here but {seen[1]} in {seen[0]}",
+                    where=path,
+                    hint="make the column the same type in every file",
+                )
 
 
 def check_columns(path: str, names: list[str], required: dict[str, str]) -> None:
@@ -295,8 +309,11 @@ def check_columns(path: str, names: list[str], required: dict[str, str]) -> None
     `required` maps config keys (user_col, item_col, time_col) to the column names they ask for."""
     missing = [f"{col!r} ({role}, data.{key})" for key, (role, col) in _roles(required).items() if col not in names]
     if missing:
-        raise RaysysError(f"missing column(s) {', '.join(missing)}; the file has {names}", where=path,
-                          hint="set data.user_col, data.item_col, data.time_col to the file's columns")  # fmt: skip
+        raise RaysysError(
+            f"missing column(s) {', '.join(missing)}; the file has {names}",
+            where=path,
+            hint="set data.user_col, data.item_col, data.time_col to the file's columns",
+        )
 
 
 def _roles(required: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -311,5 +328,8 @@ def check_value_types(path: str, schema: pa.Schema, columns: dict[str, str]) -> 
     for canonical, name in columns.items():
         family = type_family(schema.field(name).type)
         if family not in ALLOWED_FAMILIES[canonical]:
-            raise RaysysError(f"column {name!r} ({canonical.replace('_', ' ')}) has type {schema.field(name).type}; "
-                              f"expected {' or '.join(ALLOWED_FAMILIES[canonical])}", where=path)  # fmt: skip
+            raise RaysysError(
+                f"column {name!r} ({canonical.replace('_', ' ')}) has type {schema.field(name).type}; "
+                f"expected {' or '.join(ALLOWED_FAMILIES[canonical])}",
+                where=path,
+            )

@@ -1,7 +1,7 @@
 """Evaluation: full-ranking metrics with the protocol in code, baselines, score fusion, CTR metrics.
 
-    from raysys.eval import evaluate_split, evaluate_dataset, build_baseline
-    metrics = evaluate_split(model.next_item_scores, dataset.split("valid"), dataset.num_items, cfg.eval, max_len)
+from raysys.eval import evaluate_split, evaluate_dataset, build_baseline
+metrics = evaluate_split(model.next_item_scores, dataset.split("valid"), dataset.num_items, cfg.eval, max_len)
 """
 
 from raysys.eval.baselines import BASELINES, ItemKNNScorer, PopularityScorer, build_baseline

@@ -284,4 +284,3 @@ def all_reduce_sums(sums: dict[str, RankingSums]) -> dict[str, RankingSums]:
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     pieces = torch.split(packed.cpu(), [len(v) for v in vectors])
     return {name: part.from_vector(piece) for (name, part), piece in zip(sums.items(), pieces)}
-

@@ -31,9 +31,7 @@ from raysys.errors import RaysysError
 TEXT_DIM = 384
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_CACHE_DIR = "~/.cache/raysys/text_emb"
-EMB_SCHEMA = pa.schema(
-    [("item_id", pa.string()), ("item_index", pa.int32()), ("embedding", pa.list_(pa.float32()))]
-)
+EMB_SCHEMA = pa.schema([("item_id", pa.string()), ("item_index", pa.int32()), ("embedding", pa.list_(pa.float32()))])
 
 
 def encoder_model_dir() -> Path:

@@ -129,8 +129,9 @@ class StageRunner:
         interrupted = marker is not None and marker.get("config_hash") == config_hash_
         if stage_dir.exists() and (self.force or not interrupted or (stage_dir / SUMMARY).exists()):
             shutil.rmtree(stage_dir)
-        write_json_atomic(stage_dir / MARKER, {"stage": stage_dir.name, "config_hash": config_hash_,
-                                               "started_at": utc_now()})  # fmt: skip
+        write_json_atomic(
+            stage_dir / MARKER, {"stage": stage_dir.name, "config_hash": config_hash_, "started_at": utc_now()}
+        )
 
     def location(self, *parts: str) -> str:
         """Where `RUN/<parts>` lives once the run is finished: a local path or a URI."""

@@ -71,8 +71,15 @@ def _first_user(model_dir: Path) -> str:
 
 def _smoke_serve_cfg(cfg: ServeConfig) -> ServeConfig:
     """One replica of the configured serving settings, on a free local port."""
-    return cfg.model_copy(update={"host": "127.0.0.1", "port": free_port(), "num_replicas": 1, "max_replicas": None,
-                                  "app_name": SMOKE_APP})  # fmt: skip
+    return cfg.model_copy(
+        update={
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "num_replicas": 1,
+            "max_replicas": None,
+            "app_name": SMOKE_APP,
+        }
+    )
 
 
 def _smoke_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +107,7 @@ def _query(url: str, user_id: str, headers: dict[str, str]) -> dict[str, Any]:
             response = client.post(f"{url}/recommend", json={"user_id": user_id, "k": SMOKE_K}, headers=headers)
             latencies.append((time.perf_counter() - start) * 1000.0)
             if response.status_code != 200:
-                raise RaysysError(f"POST /recommend answered {response.status_code}: {response.text[:200]}",
-                                  where=url)  # fmt: skip
+                raise RaysysError(f"POST /recommend answered {response.status_code}: {response.text[:200]}", where=url)
             body = body or response.json()
     steady = sorted(latencies[1:])
     return {

@@ -48,8 +48,11 @@ def localize_data(cfg: Config) -> Config:
         value = getattr(cfg.data, key)
         if storage.is_uri(value):
             if any(ch in value for ch in "*?["):
-                raise RaysysError("globs are not supported in object-store URIs", where=f"data.{key}",
-                                  hint="name the file or the folder")  # fmt: skip
+                raise RaysysError(
+                    "globs are not supported in object-store URIs",
+                    where=f"data.{key}",
+                    hint="name the file or the folder",
+                )
             local = storage.local_mirror(value, Path(cfg.data.cache_dir).expanduser() / INPUTS_DIR)
             updates[key] = str(storage.download(value, local))
     if not updates:
@@ -98,8 +101,7 @@ def prepare(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """Prepare (or reuse from the cache) the dataset of `cfg.data`."""
     from raysys.recipes import prepare as recipe
 
-    return runner.stage("prepare", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe, quiet=True)),
-                        check_prepared)  # fmt: skip
+    return runner.stage("prepare", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe, quiet=True)), check_prepared)
 
 
 def teacher(cfg: Config, runner: StageRunner) -> dict[str, Any]:
@@ -120,11 +122,17 @@ def tune(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     try:
         recipe = importlib.import_module("raysys.recipes.tune")
     except ModuleNotFoundError:
-        raise RaysysError("the tune stage is not installed (raysys.recipes.tune)", where="pipeline.run_tune",
-                          hint="set pipeline.run_tune=false") from None  # fmt: skip
+        raise RaysysError(
+            "the tune stage is not installed (raysys.recipes.tune)",
+            where="pipeline.run_tune",
+            hint="set pipeline.run_tune=false",
+        ) from None
     if cfg.tune.stage != "distill":
-        raise RaysysError("the pipeline tunes the student (after the teacher is trained)", where="tune.stage",
-                          hint="set tune.stage=distill, or run `raysys tune` on its own")  # fmt: skip
+        raise RaysysError(
+            "the pipeline tunes the student (after the teacher is trained)",
+            where="tune.stage",
+            hint="set tune.stage=distill, or run `raysys tune` on its own",
+        )
     tune_cfg = with_teacher(cfg, runner)
     return runner.stage("tune", tune_cfg, lambda d: recipe.run(tune_cfg, d, recipe_args(recipe)), check_tuned)
 
@@ -151,8 +159,9 @@ def student(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     if cfg.pipeline.run_tune:
         cfg = tuned(cfg, runner.root / "tune" / TUNE_BEST)
     student_cfg = with_teacher(cfg, runner)
-    return runner.stage("student", student_cfg, lambda d: recipe.run(student_cfg, d, recipe_args(recipe)),
-                        check_model_dir)  # fmt: skip
+    return runner.stage(
+        "student", student_cfg, lambda d: recipe.run(student_cfg, d, recipe_args(recipe)), check_model_dir
+    )
 
 
 def evaluate(cfg: Config, runner: StageRunner) -> dict[str, Any]:

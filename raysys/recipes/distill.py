@@ -35,9 +35,14 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     outcome = fit(cfg, "distill", out_dir)
     dataset = load_or_prepare(cfg.data, progress=False)
     model_dir = export_model_dir(
-        outcome.model, out_dir / "model", dataset, kind="student", model_cfg=cfg.student,
-        max_len=cfg.data.max_len, metrics=outcome.metrics,
-    )  # fmt: skip
+        outcome.model,
+        out_dir / "model",
+        dataset,
+        kind="student",
+        model_cfg=cfg.student,
+        max_len=cfg.data.max_len,
+        metrics=outcome.metrics,
+    )
     return {
         "model_dir": str(model_dir),
         "teacher": cfg.distill.teacher,

@@ -131,9 +131,15 @@ def choose_fusion(
     metric = "ndcg@10" if 10 in cfg.ks else f"ndcg@{max(cfg.ks)}"
     valid_baseline = build_baseline(baseline, dataset, "valid")
     choice = choose_fusion_weight(
-        loaded.next_item_scores, valid_baseline, dataset.split("valid"), dataset.num_items, cfg, loaded.max_len,
-        metric=metric, sync=False,
-    )  # fmt: skip
+        loaded.next_item_scores,
+        valid_baseline,
+        dataset.split("valid"),
+        dataset.num_items,
+        cfg,
+        loaded.max_len,
+        metric=metric,
+        sync=False,
+    )
     report = {
         "baseline": baseline,
         "weight": choice.weight,

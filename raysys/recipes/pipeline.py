@@ -50,8 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rerun every stage (same as pipeline.force=true)")
     # This stage's --out also takes a URI: it replaces the common --out ("resolve" drops the old one).
     output = parser.add_argument_group("output", conflict_handler="resolve")
-    output.add_argument("--out", metavar="DIR|URI", action=RunLocation,
-                        help="run directory or s3://bucket/path, gs://bucket/path (default: runs/pipeline-<time>)")
+    output.add_argument(
+        "--out",
+        metavar="DIR|URI",
+        action=RunLocation,
+        help="run directory or s3://bucket/path, gs://bucket/path (default: runs/pipeline-<time>)",
+    )
     parser.set_defaults(out_uri=None)
 
 
@@ -63,8 +67,13 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     if remote:
         sync_down(remote, root, cfg)
     initialised_ray: list[bool] = []
-    runner = StageRunner(root, stage_hashes(cfg), remote, force=cfg.pipeline.force or getattr(args, "force", False),
-                         setup=lambda: initialised_ray.append(init_ray()))  # fmt: skip
+    runner = StageRunner(
+        root,
+        stage_hashes(cfg),
+        remote,
+        force=cfg.pipeline.force or getattr(args, "force", False),
+        setup=lambda: initialised_ray.append(init_ray()),
+    )
     try:
         summary = run_stages(cfg, runner)
     finally:

@@ -36,7 +36,21 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         "dataset_path": str(dataset.path),
         "cache_hit": result.cache_hit,
         "seconds": round(result.seconds, 3),
-        **{key: manifest[key] for key in (
-            "num_users", "num_items", "item_vocab_size", "num_interactions", "num_valid", "num_test",
-            "num_dropped", "num_filtered", "num_input_rows", "num_cold_items", "has_text", "has_ratings")},
-    }  # fmt: skip
+        **{
+            key: manifest[key]
+            for key in (
+                "num_users",
+                "num_items",
+                "item_vocab_size",
+                "num_interactions",
+                "num_valid",
+                "num_test",
+                "num_dropped",
+                "num_filtered",
+                "num_input_rows",
+                "num_cold_items",
+                "has_text",
+                "has_ratings",
+            )
+        },
+    }

@@ -42,9 +42,14 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         save_file(model.state_dict(), str(out_dir / CLICK_MODEL_FILE))
         model = model.encoder
     model_dir = export_model_dir(
-        model, out_dir / "model", dataset, kind="teacher", model_cfg=cfg.teacher,
-        max_len=cfg.data.max_len, metrics=outcome.metrics,
-    )  # fmt: skip
+        model,
+        out_dir / "model",
+        dataset,
+        kind="teacher",
+        model_cfg=cfg.teacher,
+        max_len=cfg.data.max_len,
+        metrics=outcome.metrics,
+    )
     return {
         "model_dir": str(model_dir),
         "task": cfg.pretrain.task,

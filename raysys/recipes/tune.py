@@ -45,7 +45,9 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace | None = None) -> d
     grid = run_search(cfg, out_dir)
     table = trial_table(grid, cfg)
     if table["best_valid_ndcg@10"].isna().all():
-        raise RaysysError("no trial reported a validation NDCG@10", where=str(out_dir / "tune"), hint=_first_error(grid))
+        raise RaysysError(
+            "no trial reported a validation NDCG@10", where=str(out_dir / "tune"), hint=_first_error(grid)
+        )
     best_cfg, best_path = write_best_config(table, cfg, out_dir)
     results_path = write_table(table, out_dir)
     plots = write_plots(grid, table, cfg, out_dir)

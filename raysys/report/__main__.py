@@ -1,6 +1,6 @@
 """Rebuild a run's report.html:
 
-    python -m raysys.report RUN_DIR [--ablation CSV] [--tune-results CSV] [--bench-serve DIR]
+python -m raysys.report RUN_DIR [--ablation CSV] [--tune-results CSV] [--bench-serve DIR]
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tune-results", type=Path, help="a tune results CSV (default: RUN_DIR/tune/results.csv)")
     parser.add_argument("--bench-serve", type=Path, help="a jobs/bench_serve.py --out folder")
     args = parser.parse_args(argv)
-    path = build_report(args.run_dir, ablation=args.ablation, tune_results=args.tune_results,
-                        bench_serve=args.bench_serve)  # fmt: skip
+    path = build_report(
+        args.run_dir, ablation=args.ablation, tune_results=args.tune_results, bench_serve=args.bench_serve
+    )
     print(path)
 
 

@@ -55,8 +55,10 @@ def build_report(
         _artifacts_section(run_dir, summary),
     ]
     body = "\n".join(section for section in sections if section)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>raysys run {html.escape(run_dir.name)}</title>"
-            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")  # fmt: skip
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>raysys run {html.escape(run_dir.name)}</title>"
+        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
     out = run_dir / REPORT_FILE
     out.write_text(page)
     return out
@@ -85,20 +87,33 @@ def read_history(stage_dir: Path) -> pd.DataFrame:
 
 
 def _overview(run_dir: Path, summary: dict[str, Any]) -> str:
-    rows = [[name, "skipped (up to date)" if rec.get("skipped") else f"{rec.get('seconds', 0):.1f} s"]
-            for name, rec in summary.get("stages", {}).items()]  # fmt: skip
+    rows = [
+        [name, "skipped (up to date)" if rec.get("skipped") else f"{rec.get('seconds', 0):.1f} s"]
+        for name, rec in summary.get("stages", {}).items()
+    ]
     where, when = html.escape(str(summary.get("run_dir", run_dir))), html.escape(str(summary.get("finished_at", "?")))
     version = html.escape(str(summary.get("raysys_version", "?")))
-    facts = (f"<p>Run <code>{where}</code>, finished {when}, raysys {version}, "
-             f"{summary.get('seconds', 0):.0f} s in all.</p>")  # fmt: skip
+    facts = (
+        f"<p>Run <code>{where}</code>, finished {when}, raysys {version}, {summary.get('seconds', 0):.0f} s in all.</p>"
+    )
     return "<h1>raysys pipeline report</h1>" + facts + (_table(["stage", "time"], rows) if rows else "")
 
 
 def _data_section(prepared: dict[str, Any]) -> str:
     if not prepared:
         return ""
-    keys = ("num_users", "num_items", "num_interactions", "num_valid", "num_test", "num_cold_items",
-            "num_dropped", "num_filtered", "has_text", "has_ratings")  # fmt: skip
+    keys = (
+        "num_users",
+        "num_items",
+        "num_interactions",
+        "num_valid",
+        "num_test",
+        "num_cold_items",
+        "num_dropped",
+        "num_filtered",
+        "has_text",
+        "has_ratings",
+    )
     rows = [[key, _count(prepared[key])] for key in keys if key in prepared]
     where = html.escape(str(prepared.get("dataset_path", "")))
     return f"<h2>Data</h2><p class='muted'>prepared dataset <code>{where}</code></p>" + _table(["", "value"], rows)
@@ -117,8 +132,10 @@ def _curves_section(run_dir: Path) -> str:
     histories = {name: frame for name, frame in histories.items() if not frame.empty}
     if not histories:
         return ""
-    return ("<h2>Training curves</h2><p class='muted'>per epoch; the exported model is the best validation "
-            "NDCG@10 epoch</p>" + _img(plot_curves(histories)))  # fmt: skip
+    return (
+        "<h2>Training curves</h2><p class='muted'>per epoch; the exported model is the best validation "
+        "NDCG@10 epoch</p>" + _img(plot_curves(histories))
+    )
 
 
 def plot_curves(histories: dict[str, pd.DataFrame]) -> bytes:
@@ -145,18 +162,31 @@ def plot_curves(histories: dict[str, pd.DataFrame]) -> bytes:
 def _metrics_section(models: dict[str, Any]) -> str:
     if not models:
         return ""
-    headers = ["model", *(f"test {m}" for m in METRIC_COLUMNS), "valid ndcg@10",
-               "test/short_history ndcg@10", "test/cold_items ndcg@10"]  # fmt: skip
+    headers = [
+        "model",
+        *(f"test {m}" for m in METRIC_COLUMNS),
+        "valid ndcg@10",
+        "test/short_history ndcg@10",
+        "test/cold_items ndcg@10",
+    ]
     rows = []
     for name, entry in models.items():
         metrics = entry.get("metrics", {})
         test = metrics.get("test", {})
-        rows.append([name, *(test.get(m) for m in METRIC_COLUMNS), metrics.get("valid", {}).get("ndcg@10"),
-                     metrics.get("test/short_history", {}).get("ndcg@10"),
-                     metrics.get("test/cold_items", {}).get("ndcg@10")])  # fmt: skip
+        rows.append(
+            [
+                name,
+                *(test.get(m) for m in METRIC_COLUMNS),
+                metrics.get("valid", {}).get("ndcg@10"),
+                metrics.get("test/short_history", {}).get("ndcg@10"),
+                metrics.get("test/cold_items", {}).get("ndcg@10"),
+            ]
+        )
     chart = _img(plot_metric_bars({row[0]: row[2] for row in rows if row[2] is not None}, "test NDCG@10"))
-    note = ("<p class='muted'>full ranking over the whole catalog, leave-one-out, seen items excluded "
-            "(the protocol is in evaluate/summary.json)</p>")  # fmt: skip
+    note = (
+        "<p class='muted'>full ranking over the whole catalog, leave-one-out, seen items excluded "
+        "(the protocol is in evaluate/summary.json)</p>"
+    )
     return "<h2>Metrics</h2>" + note + _table(headers, rows) + chart
 
 
@@ -184,9 +214,11 @@ def _csv_section(title: str, path: Path | None, note: str) -> str:
         frame = frame.sort_values(ndcg[0], ascending=False)
     shown = frame.head(MAX_TABLE_ROWS)
     more = f" (first {MAX_TABLE_ROWS} of {len(frame)})" if len(frame) > MAX_TABLE_ROWS else ""
-    return (f"<h2>{html.escape(title)}</h2><p class='muted'>{html.escape(note)}; from "
-            f"<code>{html.escape(str(path))}</code>{more}</p>"
-            + shown.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0))  # fmt: skip
+    return (
+        f"<h2>{html.escape(title)}</h2><p class='muted'>{html.escape(note)}; from "
+        f"<code>{html.escape(str(path))}</code>{more}</p>"
+        + shown.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0)
+    )
 
 
 def _serving_section(smoke: dict[str, Any] | None, bench_serve: Path | None) -> str:
@@ -195,10 +227,13 @@ def _serving_section(smoke: dict[str, Any] | None, bench_serve: Path | None) -> 
         latency = smoke.get("latency_ms", {})
         rows = [[key, latency[key]] for key in ("first", "p50", "p90", "max", "requests") if key in latency]
         items = ", ".join(html.escape(str(i)) for i in smoke.get("top_items", []))
-        parts.append(f"<p>Serve smoke query: POST /recommend for user <code>{html.escape(str(smoke.get('user_id')))}"
-                     f"</code> against the exported student (model {html.escape(str(smoke.get('model_version')))}), "
-                     f"one replica, sequential requests from the same machine; latency in ms.</p>"
-                     + _table(["latency", "ms"], rows) + f"<p>Top items: {items}</p>")  # fmt: skip
+        parts.append(
+            f"<p>Serve smoke query: POST /recommend for user <code>{html.escape(str(smoke.get('user_id')))}"
+            f"</code> against the exported student (model {html.escape(str(smoke.get('model_version')))}), "
+            f"one replica, sequential requests from the same machine; latency in ms.</p>"
+            + _table(["latency", "ms"], rows)
+            + f"<p>Top items: {items}</p>"
+        )
     bench_md = Path(bench_serve) / "bench_serve.md" if bench_serve else None
     if bench_md is not None and bench_md.is_file():
         parts.append(f"<h3>Load benchmark (jobs/bench_serve.py)</h3><pre>{html.escape(bench_md.read_text())}</pre>")
@@ -208,8 +243,14 @@ def _serving_section(smoke: dict[str, Any] | None, bench_serve: Path | None) -> 
 def _artifacts_section(run_dir: Path, summary: dict[str, Any]) -> str:
     rows = [[name, entry.get("path")] for name, entry in summary.get("models", {}).items() if entry.get("path")]
     boards = [name for name in TRAINED if (run_dir / name / "tensorboard").is_dir()]
-    board_line = (f"<p>TensorBoard logs: {', '.join(f'<code>{n}/tensorboard</code>' for n in boards)} "
-                  f"(<code>tensorboard --logdir {html.escape(str(run_dir))}</code>)</p>") if boards else ""  # fmt: skip
+    board_line = (
+        (
+            f"<p>TensorBoard logs: {', '.join(f'<code>{n}/tensorboard</code>' for n in boards)} "
+            f"(<code>tensorboard --logdir {html.escape(str(run_dir))}</code>)</p>"
+        )
+        if boards
+        else ""
+    )
     if not rows and not board_line:
         return ""
     return "<h2>Artifacts</h2>" + (_table(["model", "model directory"], rows) if rows else "") + board_line

@@ -172,8 +172,14 @@ class Recommender:
         for result in results:
             self.metrics.record_recommendation(model.version, result.fallback is not None, len(result.unknown_items))
             items = [ScoredItem(item_id=i, score=s) for i, s in result.items]
-            responses.append(RecommendResponse(items=items, model_version=model.version, fallback=result.fallback,
-                                               unknown_items=result.unknown_items))  # fmt: skip
+            responses.append(
+                RecommendResponse(
+                    items=items,
+                    model_version=model.version,
+                    fallback=result.fallback,
+                    unknown_items=result.unknown_items,
+                )
+            )
         return responses
 
     @staticmethod

@@ -114,6 +114,8 @@ def wait_running(app_name: str, timeout_s: float) -> None:
             raise RaysysError(f"deploying failed: {status.message}", where=f"serve application {app_name!r}")
         if time.monotonic() > deadline:
             message = status.message if status is not None else ""
-            raise RaysysError(f"not running after {timeout_s:.0f} s (status {state}) {message}".strip(),
-                              where=f"serve application {app_name!r}")
+            raise RaysysError(
+                f"not running after {timeout_s:.0f} s (status {state}) {message}".strip(),
+                where=f"serve application {app_name!r}",
+            )
         time.sleep(0.2)

@@ -88,8 +88,9 @@ def random_model_dir(
     """
     out_dir = Path(out_dir)
     model_cfg = model_cfg or StudentConfig(dropout=0.0)
-    dataset = write_random_dataset(out_dir.with_name(out_dir.name + ".data"), num_items=num_items,
-                                   num_users=num_users, seed=seed)
+    dataset = write_random_dataset(
+        out_dir.with_name(out_dir.name + ".data"), num_items=num_items, num_users=num_users, seed=seed
+    )
     torch.manual_seed(seed)
     text_emb = _random_text_emb(dataset.num_items, seed) if model_cfg.use_text else None
     model = build_student(model_cfg, dataset.num_items, max_len, text_emb=text_emb).eval()
@@ -98,8 +99,15 @@ def random_model_dir(
         rows = np.arange(FIRST_ITEM_INDEX, dataset.num_items)
         table = emb_table([f"i{j - FIRST_ITEM_INDEX}" for j in rows], rows, text_emb[rows].numpy())
     return export_model_dir(
-        model, out_dir, dataset, kind="student", model_cfg=model_cfg, max_len=max_len,
-        metrics={"note": "randomly initialised, for load tests"}, model_version=model_version, text_emb=table,
+        model,
+        out_dir,
+        dataset,
+        kind="student",
+        model_cfg=model_cfg,
+        max_len=max_len,
+        metrics={"note": "randomly initialised, for load tests"},
+        model_version=model_version,
+        text_emb=table,
     )
 
 

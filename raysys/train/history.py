@@ -50,7 +50,7 @@ class TensorBoardLog:
         for name, value in record.items():
             if name in ("epoch", "step") or not isinstance(value, (int, float)):
                 continue
-            tag = f"valid/{name[len('valid_'):]}" if name.startswith("valid_") else f"train/{name}"
+            tag = f"valid/{name[len('valid_') :]}" if name.startswith("valid_") else f"train/{name}"
             self.writer.add_scalar(tag, value, global_step=step)
         self.writer.flush()
 

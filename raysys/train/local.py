@@ -214,7 +214,9 @@ def train_model(
     (for logging or `ray.train.report`). Models that use item text get `pin_unseen_item_ids`.
     """
     if isinstance(cfg, PretrainConfig) and cfg.task == "ctr":
-        raise RaysysError("click-prediction fine-tuning runs on Ray Train", where="pretrain.task", hint="raysys pretrain")
+        raise RaysysError(
+            "click-prediction fine-tuning runs on Ray Train", where="pretrain.task", hint="raysys pretrain"
+        )
     cfg = objective_config(cfg)
     eval_cfg = _with_k10(eval_cfg or EvalConfig())
     device = next(model.parameters()).device

@@ -233,10 +233,15 @@ def ctr_dataset(dataset: PreparedDataset, cfg: Config):
     """Ray Dataset of click-prediction rows {"input_ids" [max_len], "candidates", "labels"}."""
     columns = ["user_index", "items", "train_len"] + (["ratings"] if dataset.manifest.get("has_ratings") else [])
     kwargs = {
-        "max_len": cfg.data.max_len, "num_items": dataset.num_items, "seed": cfg.pretrain.seed,
-        "rating_threshold": cfg.pretrain.ctr_rating_threshold, "negatives_per_click": cfg.pretrain.ctr_negatives,
-    }  # fmt: skip
-    return dataset.ray_dataset(columns=columns).map_batches(ctr_rows_from_ray_batch, fn_kwargs=kwargs, batch_format="numpy")
+        "max_len": cfg.data.max_len,
+        "num_items": dataset.num_items,
+        "seed": cfg.pretrain.seed,
+        "rating_threshold": cfg.pretrain.ctr_rating_threshold,
+        "negatives_per_click": cfg.pretrain.ctr_negatives,
+    }
+    return dataset.ray_dataset(columns=columns).map_batches(
+        ctr_rows_from_ray_batch, fn_kwargs=kwargs, batch_format="numpy"
+    )
 
 
 def ctr_split(dataset: PreparedDataset, split: str, cfg: Config) -> dict[str, np.ndarray]:
@@ -250,9 +255,14 @@ def ctr_split(dataset: PreparedDataset, split: str, cfg: Config) -> dict[str, np
         ratings = np.array([float(r[i]) for r, i in zip(rows, offset)], dtype=np.float32)
     rng = np.random.default_rng([cfg.pretrain.seed, 0 if split == "valid" else 1])
     return ctr_eval_pairs(
-        examples.histories, examples.targets, ratings, cfg.data.max_len, dataset.num_items, rng,
+        examples.histories,
+        examples.targets,
+        ratings,
+        cfg.data.max_len,
+        dataset.num_items,
+        rng,
         cfg.pretrain.ctr_rating_threshold,
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()
@@ -261,10 +271,11 @@ def validate_ctr(model: ClickModel, pairs: dict[str, np.ndarray], batch_size: in
     model.eval()
     probs = [
         model.click_probability(
-            torch.from_numpy(pairs["input_ids"][i : i + batch_size]), torch.from_numpy(pairs["candidates"][i : i + batch_size])
+            torch.from_numpy(pairs["input_ids"][i : i + batch_size]),
+            torch.from_numpy(pairs["candidates"][i : i + batch_size]),
         )
         for i in range(0, len(pairs["labels"]), batch_size)
-    ]  # fmt: skip
+    ]
     p = torch.cat(probs).numpy()
     return {"auc": auc(pairs["labels"], p), "log_loss": log_loss(pairs["labels"], p), "num_pairs": float(p.size)}
 
@@ -382,9 +393,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = make_optimizer([modules], train_cfg)
     scheduler = lr_scheduler(optimizer, train_cfg, config["total_steps"])
     engine, *_ = deepspeed.initialize(
-        model=modules, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(train_cfg, use_gpu=train_cfg.use_gpu), dist_init_required=False,
-    )  # fmt: skip
+        model=modules,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(train_cfg, use_gpu=train_cfg.use_gpu),
+        dist_init_required=False,
+    )
     run_dir = Path(config["run_dir"])
     state, best_weights = _restore(engine, run_dir / RAY_RUN_NAME)
     generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + rank + state.epoch)
@@ -467,11 +481,15 @@ def _epoch_batches(
     """This worker's shard of the windows, shuffled locally, as training batches [B, max_len]
     (click-prediction rows pass through as they are)."""
     for rows in shard.iter_batches(
-        batch_size=cfg.batch_size, batch_format="numpy",
-        local_shuffle_buffer_size=10 * cfg.batch_size, local_shuffle_seed=int(rng.integers(2**31)),
-    ):  # fmt: skip
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=10 * cfg.batch_size,
+        local_shuffle_seed=int(rng.integers(2**31)),
+    ):
         if "candidates" in rows:
-            yield {key: torch.from_numpy(np.ascontiguousarray(rows[key])) for key in ("input_ids", "candidates", "labels")}
+            yield {
+                key: torch.from_numpy(np.ascontiguousarray(rows[key])) for key in ("input_ids", "candidates", "labels")
+            }
             continue
         windows = rows["window"]  # [B, max_len + 1]
         arrays = pretrain_batch(windows, cfg, rng) if isinstance(cfg, PretrainConfig) else next_item_batch(windows)
@@ -528,9 +546,12 @@ def _train_epoch(engine, batches: Iterator[dict[str, torch.Tensor]], loss_fn: Lo
     seconds = _max_over_ranks(time.perf_counter() - start)
     items = _mean_over_ranks({"items": float(targets)})["items"] * _world_size()
     return {
-        **means, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0, "lr": lr,
-        "train_seconds": round(seconds, 3), "items_per_s": round(items / max(seconds, 1e-9), 1),
-    }  # fmt: skip
+        **means,
+        "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+        "lr": lr,
+        "train_seconds": round(seconds, 3),
+        "items_per_s": round(items / max(seconds, 1e-9), 1),
+    }
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Learning-rate schedule: linear warm-up, then constant, linear or cosine decay to zero.
 
-    scheduler = lr_scheduler(optimizer, cfg, total_steps)   # call scheduler.step() after optimizer.step()
+scheduler = lr_scheduler(optimizer, cfg, total_steps)   # call scheduler.step() after optimizer.step()
 """
 
 from __future__ import annotations

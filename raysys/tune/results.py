@@ -1,8 +1,8 @@
 """What a search leaves for people: best.yaml, results.csv and plots, from Tune's ResultGrid.
 
-    table = trial_table(grid, cfg)            # one row per trial (pandas), best first
-    best = write_best_config(table, cfg, out) # RUN/best.yaml: `raysys distill --config RUN/best.yaml`
-    write_plots(grid, table, cfg, out)        # RUN/plots/*.png
+table = trial_table(grid, cfg)            # one row per trial (pandas), best first
+best = write_best_config(table, cfg, out) # RUN/best.yaml: `raysys distill --config RUN/best.yaml`
+write_plots(grid, table, cfg, out)        # RUN/plots/*.png
 """
 
 from __future__ import annotations

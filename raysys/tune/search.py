@@ -50,7 +50,10 @@ def run_search(cfg: Config, out_dir: Path, *, fail_once_at_epoch: int | None = N
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, param_space=param_space(cfg.tune), tune_config=tune_config(cfg), run_config=run_config(cfg, out_dir)
+            trainable,
+            param_space=param_space(cfg.tune),
+            tune_config=tune_config(cfg),
+            run_config=run_config(cfg, out_dir),
         )
     return tuner.fit()
 

@@ -35,7 +35,19 @@ def test_step_flops_terms() -> None:
 @pytest.mark.slow
 def test_bench_mfu_runs_the_worker_step_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29533"}
-    cmd = [sys.executable, "jobs/bench_mfu.py", "--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "jobs/bench_mfu.py",
+        "--device",
+        "cpu",
+        "--tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads((tmp_path / "bench_mfu.json").read_text())
@@ -50,6 +62,12 @@ def test_bench_mfu_without_a_gpu_says_so(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    done = subprocess.run([sys.executable, "jobs/bench_mfu.py", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "jobs/bench_mfu.py", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "no CUDA device" in done.stderr and "Traceback" not in done.stderr

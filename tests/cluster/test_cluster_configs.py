@@ -349,6 +349,8 @@ def test_alert_rules_cover_errors_latency_and_fallbacks() -> None:
         assert exprs[alert].startswith("histogram_quantile(0.99, ")
         assert "sum by (application, le) (rate(ray_raysys_serve_latency_ms_bucket" in exprs[alert]
     fallback = exprs["RaysysServeFallbackRateHigh"]
-    assert fallback.index("ray_raysys_serve_fallbacks_total") < fallback.index("/") < fallback.index(
-        'ray_raysys_serve_requests_total{endpoint="/recommend", status="200"}'
+    assert (
+        fallback.index("ray_raysys_serve_fallbacks_total")
+        < fallback.index("/")
+        < fallback.index('ray_raysys_serve_requests_total{endpoint="/recommend", status="200"}')
     )

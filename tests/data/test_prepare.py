@@ -35,8 +35,18 @@ def test_movielens_100k_split(ray_session, tmp_path: Path, ml100k_path: Path, mo
     sequence is the pandas stable sort of the user's rows by timestamp (file order breaks ties)."""
     monkeypatch.setattr(cli, "STAGES", {"prepare": cli.STAGES["prepare"]})
     out = tmp_path / "run"
-    code = cli.main(["prepare", "--config", str(ROOT / "jobs/configs/ml100k.yaml"), f"data.path={ml100k_path}",
-                     f"data.cache_dir={tmp_path / 'cache'}", "--out", str(out), "--quiet"])  # fmt: skip
+    code = cli.main(
+        [
+            "prepare",
+            "--config",
+            str(ROOT / "jobs/configs/ml100k.yaml"),
+            f"data.path={ml100k_path}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["num_users"], summary["num_items"], summary["num_interactions"]) == (943, 1682, 100_000)
@@ -70,13 +80,18 @@ def write_tied_log(folder: Path) -> None:
     folder.mkdir()
     for part in range(3):
         n = 400
-        pq.write_table(pa.table({
-            "user_id": [f"user-{u}" for u in rng.integers(0, 40, n)],
-            "item_id": rng.integers(1, 60, n).astype(str),
-            "timestamp": rng.integers(0, 30, n),  # many ties
-            "rating": rng.integers(1, 6, n).astype(np.float32),
-            "event": rng.choice(["click", "buy"], n),
-        }), folder / f"part-{part}.parquet")  # fmt: skip
+        pq.write_table(
+            pa.table(
+                {
+                    "user_id": [f"user-{u}" for u in rng.integers(0, 40, n)],
+                    "item_id": rng.integers(1, 60, n).astype(str),
+                    "timestamp": rng.integers(0, 30, n),  # many ties
+                    "rating": rng.integers(1, 6, n).astype(np.float32),
+                    "event": rng.choice(["click", "buy"], n),
+                }
+            ),
+            folder / f"part-{part}.parquet",
+        )
 
 
 def test_deterministic_vocab_round_trip_and_columns(ray_session, tmp_path: Path) -> None:
@@ -99,8 +114,10 @@ def test_deterministic_vocab_round_trip_and_columns(ray_session, tmp_path: Path)
     # round trip: indices back to ids give each user's rows, stably sorted by time, duplicates dropped
     log = pd.concat([pd.read_parquet(p) for p in sorted((tmp_path / "log").glob("*.parquet"))], ignore_index=True)
     log = log.drop_duplicates(["user_id", "item_id", "timestamp"])
-    expected = {u: g["item_id"].tolist() for u, g in log.sort_values(["user_id", "timestamp"], kind="stable")
-                .groupby("user_id", sort=False)}  # fmt: skip
+    expected = {
+        u: g["item_id"].tolist()
+        for u, g in log.sort_values(["user_id", "timestamp"], kind="stable").groupby("user_id", sort=False)
+    }
     assert sequences_by_user(first) == expected
     assert first.manifest["num_dropped"]["duplicate"] == 1200 - len(log)
 
@@ -131,8 +148,10 @@ def test_iterated_kcore_and_short_users(ray_session, tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
     log.to_csv(path, index=False)
     expected = kcore_reference(list(zip(log.user_id, log.item_id)), 3, 4)
-    ds = load_or_prepare(DataConfig(path=str(path), cache_dir=str(tmp_path / "c"), min_user_interactions=3,
-                                    min_item_interactions=4), progress=False)  # fmt: skip
+    ds = load_or_prepare(
+        DataConfig(path=str(path), cache_dir=str(tmp_path / "c"), min_user_interactions=3, min_item_interactions=4),
+        progress=False,
+    )
     assert Counter((u, i) for u, seq in sequences_by_user(ds).items() for i in seq) == expected
     m, kept = ds.manifest, sum(expected.values())
     assert 0 < kept < n and m["num_interactions"] == kept and m["num_filtered"] == n - kept
@@ -143,8 +162,9 @@ def test_iterated_kcore_and_short_users(ray_session, tmp_path: Path) -> None:
     unfiltered = load_or_prepare(DataConfig(path=str(path), cache_dir=str(tmp_path / "c")), progress=False)
     seq = unfiltered.sequences(["user_index", "items", "train_len", "valid_target", "test_target"]).to_pylist()
     short = [r for r in seq if len(r["items"]) < 3]
-    assert short and all(r["train_len"] == len(r["items"]) and r["valid_target"] == r["test_target"] == 0
-                         for r in short)  # fmt: skip
+    assert short and all(
+        r["train_len"] == len(r["items"]) and r["valid_target"] == r["test_target"] == 0 for r in short
+    )
 
 
 def test_cache_hit_and_miss_on_content_change(ray_session, tmp_path: Path) -> None:
@@ -171,8 +191,11 @@ def test_cache_hit_and_miss_on_content_change(ray_session, tmp_path: Path) -> No
 
 
 def test_synthetic_logs_with_text(ray_session, tmp_path: Path) -> None:
-    cfg = DataConfig(format="synthetic", cache_dir=str(tmp_path),
-                     synthetic=SyntheticConfig(num_users=200, num_items=100, num_interactions=3000))  # fmt: skip
+    cfg = DataConfig(
+        format="synthetic",
+        cache_dir=str(tmp_path),
+        synthetic=SyntheticConfig(num_users=200, num_items=100, num_interactions=3000),
+    )
     ds = load_or_prepare(cfg, progress=False)
     m = ds.manifest
     assert m["num_input_rows"] == 3000 and m["num_interactions"] + sum(m["num_dropped"].values()) == 3000

@@ -42,12 +42,18 @@ def write_movielens_100k(folder: Path) -> None:
 
 def test_parquet_file_directory_and_glob(tmp_path: Path) -> None:
     for i in range(2):
-        pq.write_table(pa.table({"user": [f"u{i}", "007"], "item": ["a", "b"], "ts": [10 + i, 5],
-                                 "rating": [1.0, 2.5]}), tmp_path / f"part-{i}.parquet")  # fmt: skip
+        pq.write_table(
+            pa.table({"user": [f"u{i}", "007"], "item": ["a", "b"], "ts": [10 + i, 5], "rating": [1.0, 2.5]}),
+            tmp_path / f"part-{i}.parquet",
+        )
     cols = {"user_col": "user", "item_col": "item", "time_col": "ts"}
     whole = read_all(DataConfig(path=str(tmp_path), **cols))
     assert rows(whole, "user_id", "item_id", "timestamp", "rating") == [
-        ("u0", "a", 10, 1.0), ("007", "b", 5, 2.5), ("u1", "a", 11, 1.0), ("007", "b", 5, 2.5)]  # fmt: skip
+        ("u0", "a", 10, 1.0),
+        ("007", "b", 5, 2.5),
+        ("u1", "a", 11, 1.0),
+        ("007", "b", 5, 2.5),
+    ]
     # ordinals: (file index, row in file), in sorted file order
     assert whole["ordinal"].to_pylist() == [0, 1, 1 << ORDINAL_FILE_SHIFT, (1 << ORDINAL_FILE_SHIFT) + 1]
     assert resolve_source(DataConfig(path=str(tmp_path), **cols)).format == "parquet"
@@ -58,13 +64,22 @@ def test_parquet_file_directory_and_glob(tmp_path: Path) -> None:
 def test_csv_with_named_columns_event_and_iso_dates(tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
     path.write_text("who;what;when;kind\nu1;i1;2020-01-01T00:00:10;click\nu1;i2;1577836811;buy\n")
-    cfg = DataConfig(path=str(path), csv_delimiter=";", user_col="who", item_col="what", time_col="when",
-                     rating_col=None, event_col="kind")  # fmt: skip
+    cfg = DataConfig(
+        path=str(path),
+        csv_delimiter=";",
+        user_col="who",
+        item_col="what",
+        time_col="when",
+        rating_col=None,
+        event_col="kind",
+    )
     source = resolve_source(cfg)
     assert source.format == "csv" and source.has_events and not source.has_ratings
     table = read_all(cfg)
     assert rows(table, "user_id", "item_id", "timestamp", "event") == [
-        ("u1", "i1", 1577836810, "click"), ("u1", "i2", 1577836811, "buy")]  # fmt: skip
+        ("u1", "i1", 1577836810, "click"),
+        ("u1", "i2", 1577836811, "buy"),
+    ]
 
 
 def test_movielens_100k_with_item_text(tmp_path: Path) -> None:
@@ -72,27 +87,38 @@ def test_movielens_100k_with_item_text(tmp_path: Path) -> None:
     source = resolve_source(DataConfig(path=str(tmp_path / "ml")))
     assert source.format == "movielens" and source.has_ratings and source.item_file.kind == "ml-100k"
     assert rows(read_all(DataConfig(path=str(tmp_path / "ml"))), "user_id", "item_id", "timestamp", "rating") == [
-        ("1", "10", 100, 4.0), ("1", "11", 99, 3.0), ("2", "10", 50, 5.0)]  # fmt: skip
+        ("1", "10", 100, 4.0),
+        ("1", "11", 99, 3.0),
+        ("2", "10", 50, 5.0),
+    ]
     text = read_item_text(source.item_file)
-    assert text.to_pylist() == [{"item_id": "10", "text": "Toy Story (1995) | Animation Children's Comedy"},
-                                {"item_id": "11", "text": "Heat (1995) | Action"}]  # fmt: skip
+    assert text.to_pylist() == [
+        {"item_id": "10", "text": "Toy Story (1995) | Animation Children's Comedy"},
+        {"item_id": "11", "text": "Heat (1995) | Action"},
+    ]
 
 
 def test_movielens_1m_and_latest(tmp_path: Path) -> None:
     dat, latest = tmp_path / "ml-1m", tmp_path / "ml-latest"
     dat.mkdir(), latest.mkdir()
     (dat / "ratings.dat").write_text("1::10::4::100\n2::11::3::99\n")
-    (dat / "movies.dat").write_text("10::Star Wars: Episode IV (1977)::Action|Sci-Fi\n11::Heat (1995)::Crime\n",
-                                    encoding="latin-1")  # fmt: skip
+    (dat / "movies.dat").write_text(
+        "10::Star Wars: Episode IV (1977)::Action|Sci-Fi\n11::Heat (1995)::Crime\n", encoding="latin-1"
+    )
     (latest / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.5,100\n")
     (latest / "movies.csv").write_text('movieId,title,genres\n10,"Heat, The (1995)",(no genres listed)\n')
     assert rows(read_all(DataConfig(path=str(dat))), "user_id", "item_id", "timestamp", "rating") == [
-        ("1", "10", 100, 4.0), ("2", "11", 99, 3.0)]  # fmt: skip
+        ("1", "10", 100, 4.0),
+        ("2", "11", 99, 3.0),
+    ]
     assert read_item_text(resolve_source(DataConfig(path=str(dat))).item_file)["text"].to_pylist() == [
-        "Star Wars: Episode IV (1977) | Action Sci-Fi", "Heat (1995) | Crime"]  # fmt: skip
+        "Star Wars: Episode IV (1977) | Action Sci-Fi",
+        "Heat (1995) | Crime",
+    ]
     assert rows(read_all(DataConfig(path=str(latest))), "user_id", "rating") == [("1", 4.5)]
     assert read_item_text(resolve_source(DataConfig(path=str(latest))).item_file)["text"].to_pylist() == [
-        "Heat, The (1995)"]
+        "Heat, The (1995)"
+    ]
 
 
 def test_recbole_atomic_files(ml100k_path: Path) -> None:
@@ -102,12 +128,15 @@ def test_recbole_atomic_files(ml100k_path: Path) -> None:
     table = read_all(cfg)
     assert table.num_rows == 100_000
     assert rows(table.slice(0, 2), "user_id", "item_id", "timestamp", "rating") == [
-        ("196", "242", 881250949, 3.0), ("186", "302", 891717742, 3.0)]  # fmt: skip
+        ("196", "242", 881250949, 3.0),
+        ("186", "302", 891717742, 3.0),
+    ]
     text = read_item_text(source.item_file)
     assert text.num_rows == 1682
     assert text.slice(0, 1).to_pylist() == [{"item_id": "1", "text": "Toy Story | 1995 | Animation Children's Comedy"}]
-    only_title = read_item_text(resolve_source(DataConfig(path=str(ml100k_path),
-                                                          item_text_fields=["movie_title"])).item_file)  # fmt: skip
+    only_title = read_item_text(
+        resolve_source(DataConfig(path=str(ml100k_path), item_text_fields=["movie_title"])).item_file
+    )
     assert only_title["text"][0].as_py() == "Toy Story"
 
 
@@ -116,7 +145,13 @@ def test_sequence_per_line(tmp_path: Path) -> None:
     path.write_text("u1 a b c\nu2 b  a\n\nu3 c\n")
     table = read_all(DataConfig(path=str(path)))
     assert rows(table, "user_id", "item_id", "timestamp") == [
-        ("u1", "a", 0), ("u1", "b", 1), ("u1", "c", 2), ("u2", "b", 0), ("u2", "a", 1), ("u3", "c", 0)]  # fmt: skip
+        ("u1", "a", 0),
+        ("u1", "b", 1),
+        ("u1", "c", 2),
+        ("u2", "b", 0),
+        ("u2", "a", 1),
+        ("u3", "c", 0),
+    ]
     assert table["ordinal"].to_pylist() == list(range(6))
 
 
@@ -124,16 +159,27 @@ def test_item_path_table_and_text_field_selection(tmp_path: Path) -> None:
     log = tmp_path / "log.csv"
     log.write_text("user_id,item_id,timestamp\nu1,i1,1\n")
     items = tmp_path / "items.parquet"
-    pq.write_table(pa.table({"item_id": ["i1", "i2", "i1"], "title": ["One", "Two", "dup"],
-                             "brand": ["Acme", None, "x"], "price": [1.0, 2.0, 3.0]}), items)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": ["i1", "i2", "i1"],
+                "title": ["One", "Two", "dup"],
+                "brand": ["Acme", None, "x"],
+                "price": [1.0, 2.0, 3.0],
+            }
+        ),
+        items,
+    )
     text = read_item_text(resolve_source(DataConfig(path=str(log), item_path=str(items))).item_file)
     assert text.to_pylist() == [{"item_id": "i1", "text": "One | Acme"}, {"item_id": "i2", "text": "Two"}]
-    only = read_item_text(resolve_source(DataConfig(path=str(log), item_path=str(items),
-                                                    item_text_fields=["brand"])).item_file)  # fmt: skip
+    only = read_item_text(
+        resolve_source(DataConfig(path=str(log), item_path=str(items), item_text_fields=["brand"])).item_file
+    )
     assert only.to_pylist() == [{"item_id": "i1", "text": "Acme"}]
     with pytest.raises(RaysysError, match="item_text_fields.*'color'"):
-        read_item_text(resolve_source(DataConfig(path=str(log), item_path=str(items),
-                                                 item_text_fields=["color"])).item_file)  # fmt: skip
+        read_item_text(
+            resolve_source(DataConfig(path=str(log), item_path=str(items), item_text_fields=["color"])).item_file
+        )
 
 
 def test_format_detection_errors(tmp_path: Path) -> None:
@@ -153,8 +199,13 @@ def test_ray_datasource_splits_parquet_by_row_groups(ray_session, tmp_path: Path
     """Read tasks cover runs of row groups; ordinals stay (file, row in file) across tasks and files."""
     monkeypatch.setattr(readers, "ROWS_PER_READ_TASK", 100)
     n = 1000
-    table = pa.table({"user_id": [f"u{i % 37}" for i in range(n)], "item_id": [f"i{i % 11}" for i in range(n)],
-                      "timestamp": np.arange(n, dtype=np.int64)})  # fmt: skip
+    table = pa.table(
+        {
+            "user_id": [f"u{i % 37}" for i in range(n)],
+            "item_id": [f"i{i % 11}" for i in range(n)],
+            "timestamp": np.arange(n, dtype=np.int64),
+        }
+    )
     for i in range(2):
         pq.write_table(table, tmp_path / f"log-{i}.parquet", row_group_size=50)
     source = resolve_source(DataConfig(path=str(tmp_path)))

@@ -99,8 +99,12 @@ def test_truncated_parquet(prepare, tmp_path: Path) -> None:
 def test_type_changed_between_files(prepare, tmp_path: Path) -> None:
     pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["i1"], "timestamp": ["x"]}), tmp_path / "b.parquet")
-    assert_user_error(prepare(f"data.path={tmp_path}", "data.format=parquet"), tmp_path / "b.parquet",
-                      "column 'timestamp' is string here but integer in", "a.parquet")  # fmt: skip
+    assert_user_error(
+        prepare(f"data.path={tmp_path}", "data.format=parquet"),
+        tmp_path / "b.parquet",
+        "column 'timestamp' is string here but integer in",
+        "a.parquet",
+    )
 
 
 # ---- row-level problems: found by Ray tasks, worded by the driver
@@ -136,8 +140,16 @@ def test_corrupt_parquet_pages(ray_session, prepare, tmp_path: Path) -> None:
     """A footer that reads but data pages that do not: the read task marks it, the driver words it."""
     path = tmp_path / "log.parquet"
     n = 5000
-    pq.write_table(pa.table({"user_id": [f"u{i % 50}" for i in range(n)], "item_id": [f"i{i % 70}" for i in range(n)],
-                             "timestamp": np.arange(n)}), path)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [f"u{i % 50}" for i in range(n)],
+                "item_id": [f"i{i % 70}" for i in range(n)],
+                "timestamp": np.arange(n),
+            }
+        ),
+        path,
+    )
     data = bytearray(path.read_bytes())
     for offset in range(200, len(data) // 2, 37):
         data[offset] ^= 0xFF
@@ -154,18 +166,28 @@ def test_empty_input(ray_session, prepare, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_drop_policy_counts_every_row(ray_session, prepare, tmp_path: Path) -> None:
     """kept + dropped (by reason) + filtered (k-core) = input rows; repeated consumption is kept."""
-    path = write(tmp_path / "log.csv", HEADER + (
-        "u1,i1,1\nu1,i2,2\nu1,i1,3\n"  # u1: i1 consumed twice at different times: 3 kept
-        "u1,i2,2\n"  # duplicate of line 3
-        ",i1,4\nu2,,5\nu2,i1,\nu2,i2,-1\nu2,i3,soon\n"  # one row per reason
-        "u3,i1,1\nu3,i3,2\n"  # u3 has 2 interactions: removed by min_user_interactions=3
-        "u4,i1,1\nu4,i2,2\nu4,i1,3\n"
-    ))  # fmt: skip
+    path = write(
+        tmp_path / "log.csv",
+        HEADER
+        + (
+            "u1,i1,1\nu1,i2,2\nu1,i1,3\n"  # u1: i1 consumed twice at different times: 3 kept
+            "u1,i2,2\n"  # duplicate of line 3
+            ",i1,4\nu2,,5\nu2,i1,\nu2,i2,-1\nu2,i3,soon\n"  # one row per reason
+            "u3,i1,1\nu3,i3,2\n"  # u3 has 2 interactions: removed by min_user_interactions=3
+            "u4,i1,1\nu4,i2,2\nu4,i1,3\n"
+        ),
+    )
     code, err, summary = prepare(f"data.path={path}", "data.on_bad_rows=drop", "data.min_user_interactions=3")
     assert code == 0, err
     assert summary["num_dropped"] == {
-        "missing_user_id": 1, "missing_item_id": 1, "missing_timestamp": 1, "unparsable_timestamp": 1,
-        "negative_timestamp": 1, "bad_rating": 0, "duplicate": 1}  # fmt: skip
+        "missing_user_id": 1,
+        "missing_item_id": 1,
+        "missing_timestamp": 1,
+        "unparsable_timestamp": 1,
+        "negative_timestamp": 1,
+        "bad_rating": 0,
+        "duplicate": 1,
+    }
     assert summary["num_input_rows"] == 14
     assert summary["num_filtered"] == 2  # u3's two rows (i3 then has no interactions either)
     assert summary["num_interactions"] == 6  # u1 and u4, three each
@@ -179,9 +201,23 @@ def test_error_subprocess_has_no_traceback(tmp_path: Path) -> None:
     """The real command: a duplicate found inside a Ray task ends as one line on stderr and exit code 2."""
     path = write(tmp_path / "log.csv", HEADER + "u1,i1,1\nu1,i1,1\n")
     env = {**os.environ, "RAY_ADDRESS": ""}
-    done = subprocess.run([sys.executable, "-m", "raysys.cli", "prepare", f"data.path={path}",
-                           f"data.cache_dir={tmp_path / 'cache'}", "--out", str(tmp_path / "run"), "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raysys.cli",
+            "prepare",
+            f"data.path={path}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "Error" not in done.stderr.replace("error:", ""), done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"raysys prepare: error: {path}: line 2 and line 3 are")

@@ -31,8 +31,17 @@ TINY = "jobs/configs/tiny.yaml"
 RAY = str(Path(sys.executable).with_name("ray"))
 RAYSYS = str(Path(sys.executable).with_name("raysys"))
 JOB_TIMEOUT_S = 900
-UPLOAD_EXCLUDES = [".venv", "venv", "runs", ".cache", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache",
-                   ".ruff_cache"]  # fmt: skip
+UPLOAD_EXCLUDES = [
+    ".venv",
+    "venv",
+    "runs",
+    ".cache",
+    ".git",
+    "**/__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+]
 
 
 def free_ports(n: int) -> list[int]:
@@ -57,19 +66,38 @@ class Head:
         self.gcs = f"127.0.0.1:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
         (root / "home").mkdir()
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                    "HOME": str(root / "home"), "RAY_ADDRESS": self.gcs}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            "HOME": str(root / "home"),
+            "RAY_ADDRESS": self.gcs,
+        }
         self.env.pop("RAY_AUTH_TOKEN_PATH", None)
-        command = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-                   f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-                   f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
-                   f"--ray-client-server-port={client}", "--num-cpus=4", f"--temp-dir={root / 'ray'}"]  # fmt: skip
+        command = [
+            RAY,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--include-dashboard=true",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}",
+            f"--ray-client-server-port={client}",
+            "--num-cpus=4",
+            f"--temp-dir={root / 'ray'}",
+        ]
         start_env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
         log = open(root / "head.log", "w")  # noqa: SIM115 - closed with the process
         # A session of its own: teardown signals exactly this head's process group.
-        self.process = subprocess.Popen(command, env=start_env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, cwd=root)  # fmt: skip
+        self.process = subprocess.Popen(
+            command, env=start_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root
+        )
 
     @property
     def auth(self) -> dict[str, str]:
@@ -140,9 +168,27 @@ def submit(head: Head, run_dir: Path, submission_id: str) -> None:
         # The DeepSpeed C++ op built once for this checkout (the uploaded copy has no .cache).
         "env_vars": {"TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"), "DS_ACCELERATOR": "cpu"},
     }
-    command = [RAY, "job", "submit", "--address", head.dashboard, "--working-dir", ".", "--no-wait",
-               "--submission-id", submission_id, "--runtime-env-json", json.dumps(runtime_env), "--",
-               sys.executable, "jobs/pipeline.py", "--config", TINY, "--out", str(run_dir)]  # fmt: skip
+    command = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        head.dashboard,
+        "--working-dir",
+        ".",
+        "--no-wait",
+        "--submission-id",
+        submission_id,
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        sys.executable,
+        "jobs/pipeline.py",
+        "--config",
+        TINY,
+        "--out",
+        str(run_dir),
+    ]
     # A fresh head's dashboard answers before its job agent has registered ("No available agent to
     # submit job, please try again later"): retry that one answer, as a user would.
     deadline = time.monotonic() + 180
@@ -174,9 +220,14 @@ def serve_and_query(head: Head, model_dir: Path, user_id: str) -> dict:
     """`raysys serve --model DIR` on the head's cluster; one POST /recommend; Ctrl-C."""
     (port,) = free_ports(1)
     out = head.root / "serve-run"
-    serve = subprocess.Popen([RAYSYS, "serve", "--model", str(model_dir), "--port", str(port), "--out", str(out)],
-                             env=head.env, cwd=head.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)  # fmt: skip
+    serve = subprocess.Popen(
+        [RAYSYS, "serve", "--model", str(model_dir), "--port", str(port), "--out", str(out)],
+        env=head.env,
+        cwd=head.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240

@@ -15,15 +15,19 @@ from raysys.report.report import read_history
 
 def _history(stage_dir: Path, losses: list[float], ndcgs: list[float]) -> None:
     stage_dir.mkdir(parents=True)
-    lines = [json.dumps({"epoch": i + 1, "step": 10 * (i + 1), "loss": loss, "valid_ndcg@10": ndcg})
-             for i, (loss, ndcg) in enumerate(zip(losses, ndcgs))]  # fmt: skip
+    lines = [
+        json.dumps({"epoch": i + 1, "step": 10 * (i + 1), "loss": loss, "valid_ndcg@10": ndcg})
+        for i, (loss, ndcg) in enumerate(zip(losses, ndcgs))
+    ]
     (stage_dir / "history.jsonl").write_text("\n".join(lines) + "\n")
     (stage_dir / "tensorboard").mkdir()
 
 
 def _metrics(ndcg: float) -> dict:
-    return {"valid": {"ndcg@10": ndcg + 0.01}, "test": {"hr@10": 0.5, "ndcg@10": ndcg, "mrr@10": 0.2,
-                                                          "recall@10": 0.5, "coverage@10": 0.9}}  # fmt: skip
+    return {
+        "valid": {"ndcg@10": ndcg + 0.01},
+        "test": {"hr@10": 0.5, "ndcg@10": ndcg, "mrr@10": 0.2, "recall@10": 0.5, "coverage@10": 0.9},
+    }
 
 
 def make_run(root: Path) -> Path:
@@ -31,9 +35,17 @@ def make_run(root: Path) -> Path:
     _history(run / "teacher", [6.0, 5.0, 4.5], [0.10, 0.20, 0.25])
     _history(run / "student", [7.0, 6.0], [0.08, 0.18])
     (run / "prepare").mkdir()
-    (run / "prepare" / "summary.json").write_text(json.dumps(
-        {"dataset_path": "/cache/ds", "num_users": 123, "num_items": 45, "num_interactions": 6789,
-         "num_dropped": {"duplicate": 3, "bad_rating": 0}}))  # fmt: skip
+    (run / "prepare" / "summary.json").write_text(
+        json.dumps(
+            {
+                "dataset_path": "/cache/ds",
+                "num_users": 123,
+                "num_items": 45,
+                "num_interactions": 6789,
+                "num_dropped": {"duplicate": 3, "bad_rating": 0},
+            }
+        )
+    )
     summary = {
         "finished_at": "2026-01-01T00:00:00Z",
         "seconds": 321.0,
@@ -43,10 +55,14 @@ def make_run(root: Path) -> Path:
             "popularity": {"metrics": _metrics(0.1111)},
             "itemknn": {"metrics": _metrics(0.2222)},
         },
-        "serve_smoke": {"user_id": "u7", "model_version": "student-x", "top_items": ["i3", "i9"],
-                        "latency_ms": {"first": 120.5, "p50": 9.25, "p90": 14.0, "max": 20.0, "requests": 21}},
+        "serve_smoke": {
+            "user_id": "u7",
+            "model_version": "student-x",
+            "top_items": ["i3", "i9"],
+            "latency_ms": {"first": 120.5, "p50": 9.25, "p90": 14.0, "max": 20.0, "requests": 21},
+        },
         "stages": {"prepare": {"skipped": True, "seconds": 0.0}, "teacher": {"skipped": False, "seconds": 61.5}},
-    }  # fmt: skip
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 

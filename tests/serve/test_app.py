@@ -102,8 +102,10 @@ def test_served_top_k_equals_the_offline_top_k(served) -> None:
     history = offline.user_histories["u5"]
     cases = [
         ({"history": history, "k": 10}, dict(history=history, k=10)),
-        ({"history": ["i1", "zzz", 4], "k": 5, "exclude": ["i2"]},
-         dict(history=["i1", "zzz", "4"], k=5, exclude=["i2"])),
+        (
+            {"history": ["i1", "zzz", 4], "k": 5, "exclude": ["i2"]},
+            dict(history=["i1", "zzz", "4"], k=5, exclude=["i2"]),
+        ),
         ({"history": history, "k": 1000, "exclude_seen": False}, dict(history=history, k=1000, exclude_seen=False)),
         ({"user_id": "u5", "k": 8}, dict(history=history, k=8)),  # the user's stored history
     ]
@@ -239,8 +241,12 @@ def test_metrics_reach_the_ray_metrics_endpoint(served) -> None:
     served.configure(num_replicas=2)
     post(served, "/recommend", {"history": ["zz-unknown"], "k": 3})  # a fallback and an unknown item
     port = ray.nodes()[0]["MetricsExportPort"]
-    wanted = ("ray_raysys_serve_requests", "ray_raysys_serve_fallbacks", "ray_raysys_serve_unknown_items",
-              "ray_raysys_serve_latency_ms_bucket")  # fmt: skip
+    wanted = (
+        "ray_raysys_serve_requests",
+        "ray_raysys_serve_fallbacks",
+        "ray_raysys_serve_unknown_items",
+        "ray_raysys_serve_latency_ms_bucket",
+    )
     deadline, found = time.monotonic() + 60, {}
     while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

@@ -41,8 +41,9 @@ def test_batch_scoring_matches_the_offline_model(model_dirs: dict[str, Path]) ->
     queries = queries_for(loaded.user_histories)
     results = served.predict(queries)
     for query, result in zip(queries, results):
-        offline = loaded.recommend(list(query.history), k=query.k, exclude_seen=query.exclude_seen,
-                                   exclude=list(query.exclude))
+        offline = loaded.recommend(
+            list(query.history), k=query.k, exclude_seen=query.exclude_seen, exclude=list(query.exclude)
+        )
         assert [i for i, _ in result.items] == [i for i, _ in offline.items]
         np.testing.assert_allclose([s for _, s in result.items], [s for _, s in offline.items], atol=1e-4)
         assert result.fallback == (None if offline.source == "model" else "popularity")
@@ -83,8 +84,10 @@ def test_int8_model_ranks_close_to_float_and_still_adds_items(model_dirs: dict[s
     assert quantized
     assert int8.model.items.text_projection.weight.dtype == torch.float32
     queries = [Query(history, 10) for history in list(int8.user_histories.values())[:20]]
-    overlap = [len({i for i, _ in a.items} & {i for i, _ in b.items}) / 10
-               for a, b in zip(full.predict(queries), int8.predict(queries))]  # fmt: skip
+    overlap = [
+        len({i for i, _ in a.items} & {i for i, _ in b.items}) / 10
+        for a, b in zip(full.predict(queries), int8.predict(queries))
+    ]
     assert np.mean(overlap) > 0.7
     assert int8.add_items([("fresh", np.ones(384, np.float32))]) == ["fresh"]
 

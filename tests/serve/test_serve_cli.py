@@ -20,11 +20,21 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(540)
 def test_serve_stage_serves_until_ctrl_c(model_dirs: dict[str, Path], tmp_path: Path, unused_port: int) -> None:
     port, out = unused_port, tmp_path / "run"
-    command = [sys.executable, str(ROOT / "jobs" / "serve.py"), "--model", str(model_dirs["text"]),
-               "--port", str(port), "--out", str(out), "serve.num_cpus=0.5"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "jobs" / "serve.py"),
+        "--model",
+        str(model_dirs["text"]),
+        "--port",
+        str(port),
+        "--out",
+        str(out),
+        "serve.num_cpus=0.5",
+    ]
     # Its own session, like a terminal's foreground job: Ctrl-C reaches the whole process group.
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 420  # Ray + Serve start-up: minutes on a loaded 2-core machine
         while time.monotonic() < deadline and proc.poll() is None:

@@ -196,9 +196,14 @@ def test_trained_student_exports_reloads_and_recommends_original_ids(
     model, cfg = cycle_model_and_config("student", cycle_dataset.num_items)
     result = train_model(model, cycle_dataset, cfg, max_len=CYCLE_MAX_LEN, eval_cfg=EVAL)
     out = export_model_dir(
-        model, tmp_path / "student", cycle_dataset, kind="student", model_cfg=CYCLE_STUDENT,
-        max_len=CYCLE_MAX_LEN, metrics={"valid": result.best_valid},
-    )  # fmt: skip
+        model,
+        tmp_path / "student",
+        cycle_dataset,
+        kind="student",
+        model_cfg=CYCLE_STUDENT,
+        max_len=CYCLE_MAX_LEN,
+        metrics={"valid": result.best_valid},
+    )
     loaded = load_model_dir(out)
     valid = cycle_dataset.split("valid")
     ids = torch.from_numpy(pad_histories(valid.histories, CYCLE_MAX_LEN))

@@ -151,8 +151,10 @@ def test_training_spreads_over_two_ray_nodes(tiny_config: Path, tmp_path: Path) 
     script.write_text(TWO_NODES)
     done = subprocess.run(
         [sys.executable, str(script), str(tiny_config), str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=420,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("NODES")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     nodes = json.loads(lines[0][len("NODES ") :])
@@ -171,8 +173,18 @@ def test_driver_killed_after_the_first_checkpoint_relaunches_and_resumes(tiny_co
     import time
 
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "raysys.cli", "pretrain", "--config", str(tiny_config),
-               "pretrain.epochs=4", "pretrain.num_to_keep=4", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "raysys.cli",
+        "pretrain",
+        "--config",
+        str(tiny_config),
+        "pretrain.epochs=4",
+        "pretrain.num_to_keep=4",
+        "--out",
+        str(out),
+    ]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not _complete_checkpoints(out) and first.poll() is None and time.monotonic() < deadline:
@@ -206,14 +218,21 @@ def test_click_prediction_fine_tune_from_the_pretrained_teacher(
 ) -> None:
     teacher = run_cli("pretrain", tiny_config, tmp_path / "teacher", "pretrain.epochs=2")
     ctr = run_cli(
-        "pretrain", tiny_config, tmp_path / "ctr", "pretrain.task=ctr", f"pretrain.init_from={teacher['model_dir']}",
-        "pretrain.epochs=3", "pretrain.lr=0.01",
-    )  # fmt: skip
+        "pretrain",
+        tiny_config,
+        tmp_path / "ctr",
+        "pretrain.task=ctr",
+        f"pretrain.init_from={teacher['model_dir']}",
+        "pretrain.epochs=3",
+        "pretrain.lr=0.01",
+    )
     assert ctr["task"] == "ctr" and ctr["epochs_run"] == 3
     for split in ("valid", "test"):
         assert set(ctr["metrics"][split]) >= {"auc", "log_loss"}
         assert 0.5 < ctr["metrics"][split]["auc"] <= 1.0  # the pretrained encoder already ranks the click first
     history = read_history(tmp_path / "ctr")
-    assert [r["epoch"] for r in history] == [1, 2, 3] and all("valid_auc" in r and r["items_per_s"] > 0 for r in history)
+    assert [r["epoch"] for r in history] == [1, 2, 3] and all(
+        "valid_auc" in r and r["items_per_s"] > 0 for r in history
+    )
     assert (tmp_path / "ctr" / "click_model.safetensors").is_file()
     assert load_model_dir(ctr["model_dir"]).kind == "teacher"  # the fine-tuned encoder stays a usable teacher

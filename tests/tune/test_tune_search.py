@@ -98,17 +98,27 @@ def test_cli_grid_asha_writes_best_config_results_plots_and_tensorboard(
     ray_session, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "run"
-    assert main(["tune", "--config", str(tiny_config), "tune.searcher=grid", "tune.num_samples=1", "--out", str(out)]) == 0
+    assert (
+        main(["tune", "--config", str(tiny_config), "tune.searcher=grid", "tune.num_samples=1", "--out", str(out)]) == 0
+    )
     assert "Ray dashboard at" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 2 and sorted(table["distill.lr"]) == [2e-3, 1e-2]  # the grid, once each
-    assert summary["trials"] == {"total": 2, "terminated": 2, "errored": 0, "iterations": int(table["iterations"].sum())}
+    assert summary["trials"] == {
+        "total": 2,
+        "terminated": 2,
+        "errored": 0,
+        "iterations": int(table["iterations"].sum()),
+    }
     assert table["best_valid_ndcg@10"].iloc[0] == table["best_valid_ndcg@10"].max() == summary["best"][METRIC]
     assert 0 < summary["best"][METRIC] <= 1 and table["iterations"].between(1, 3).all()
 
     best = load_config(out / "best.yaml")  # the file `raysys distill --config` reads
-    assert best.distill.lr == table["distill.lr"].iloc[0] and best.distill.lambda_ssl == table["distill.lambda_ssl"].iloc[0]
+    assert (
+        best.distill.lr == table["distill.lr"].iloc[0]
+        and best.distill.lambda_ssl == table["distill.lambda_ssl"].iloc[0]
+    )
     assert best.student == load_config(tiny_config).student and best.data.max_len == 10
     assert summary["best"]["values"] == {"distill.lr": best.distill.lr, "distill.lambda_ssl": best.distill.lambda_ssl}
 
@@ -134,9 +144,17 @@ def test_optuna_trial_that_raises_once_is_retried_and_completes(ray_session, tin
 
 
 @pytest.mark.slow
-def test_ray_train_trials_launch_a_trainer_and_report_through_tune(ray_session, tiny_config: Path, tmp_path: Path) -> None:
-    overrides = ["tune.trial_mode=ray_train", "tune.scheduler=none", "tune.num_samples=1", "distill.epochs=2",
-                 "distill.num_workers=1", "distill.cpus_per_worker=0.5"]  # fmt: skip
+def test_ray_train_trials_launch_a_trainer_and_report_through_tune(
+    ray_session, tiny_config: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        "tune.trial_mode=ray_train",
+        "tune.scheduler=none",
+        "tune.num_samples=1",
+        "distill.epochs=2",
+        "distill.num_workers=1",
+        "distill.cpus_per_worker=0.5",
+    ]
     grid = run_search(load_config(tiny_config, overrides), tmp_path)
     assert len(grid) == 1 and grid.num_errors == 0
     result = grid[0]
@@ -150,11 +168,16 @@ def test_pbt_exploit_resumes_from_the_donors_checkpoint(ray_session, tiny_config
     # and trains epoch 3 from its weights. Synchronous PBT: otherwise a trial this small can finish
     # before the other one starts.
     overrides = [
-        "tune.searcher=grid", "tune.scheduler=pbt", "tune.num_samples=1", "tune.perturbation_interval=2",
-        "tune.quantile_fraction=0.5", "tune.resample_probability=0", "tune.synch=true",
+        "tune.searcher=grid",
+        "tune.scheduler=pbt",
+        "tune.num_samples=1",
+        "tune.perturbation_interval=2",
+        "tune.quantile_fraction=0.5",
+        "tune.resample_probability=0",
+        "tune.synch=true",
         "tune.space={distill.lr: {kind: loguniform, low: 1.0e-5, high: 3.0e-2, grid: [1.0e-5, 1.0e-2]}}",
         "distill.schedule=constant",
-    ]  # fmt: skip
+    ]
     cfg = load_config(tiny_config, overrides)
     grid = run_search(cfg, tmp_path)
     assert len(grid) == 2 and grid.num_errors == 0
