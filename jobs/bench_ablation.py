@@ -143,7 +143,7 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     for dataset, model in keys:
         group = [r for r in rows if r["dataset"] == dataset and r["model"] == model]
 
-        def stat(key: str) -> str:
+        def stat(key: str, group: list[dict] = group) -> str:
             values = [r[key] for r in group]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             return f"{statistics.mean(values):.4f} ± {std:.4f}"

@@ -4,7 +4,8 @@
 
 Per seed, the two real commands a user runs, with the shipped defaults (chosen on validation only):
     raysys pretrain --config jobs/configs/ml100k.yaml pretrain.seed=S --out OUT/teacher-S
-    raysys distill  --config jobs/configs/ml100k.yaml distill.seed=S distill.teacher=OUT/teacher-S/model --out OUT/student-S
+    raysys distill  --config jobs/configs/ml100k.yaml distill.seed=S distill.teacher=OUT/teacher-S/model \
+        --out OUT/student-S
 Targets (../shared/peers: RecBole SASRec test NDCG@10 0.0670): teacher >= 1.2x (0.0804), student
 >= 1.1x (0.0737) and >= 95 % of the teacher. Writes quality.json and quality.md into --out.
 """

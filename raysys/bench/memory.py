@@ -54,7 +54,7 @@ class PeakMemorySampler:
         self._t0 = time.monotonic()
         self._shm0 = shm_used_bytes()
 
-    def __enter__(self) -> "PeakMemorySampler":
+    def __enter__(self) -> PeakMemorySampler:
         self._t0 = time.monotonic()
         self._shm0 = shm_used_bytes()
         self.sample()

@@ -59,7 +59,7 @@ class PreparedDataset:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path) -> "PreparedDataset":
+    def open(cls, path: str | Path) -> PreparedDataset:
         """Open a prepared dataset; raises RaysysError if its manifest is missing or incomplete."""
         path = Path(path).expanduser()
         manifest_path = path / MANIFEST
@@ -114,7 +114,7 @@ class PreparedDataset:
     def train_sequences(self) -> list[np.ndarray]:
         """Each user's training part (int32 item indices), in user_index order."""
         items, train_len = _lists(self._core["items"]), self._core["train_len"].to_numpy()
-        return [seq[:n] for seq, n in zip(items, train_len)]
+        return [seq[:n] for seq, n in zip(items, train_len, strict=True)]
 
     def split(self, name: str) -> SplitExamples:
         """Evaluation examples for 'valid' or 'test' (users with < 3 interactions have none)."""

@@ -29,10 +29,11 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -190,10 +191,14 @@ def summarize_log(rows: Dataset, source: LogSource) -> LogSummary:
     if num_rows == 0 and not unreadable:
         raise RaysysError("the log has no interactions (no rows)", where=_where(source))
     counts = np.sum(np.array(table["reason_counts"].to_pylist(), dtype=np.int64).reshape(-1, len(REASONS)), axis=0)
-    bad = [(o, r) for o, r in zip(table["first_bad"].to_pylist(), table["first_bad_reason"].to_pylist()) if o >= 0]
+    bad = [
+        (o, r)
+        for o, r in zip(table["first_bad"].to_pylist(), table["first_bad_reason"].to_pylist(), strict=True)
+        if o >= 0
+    ]
     return LogSummary(
         num_input_rows=num_rows,
-        bad_rows={reason: int(n) for reason, n in zip(REASONS, counts)},
+        bad_rows={reason: int(n) for reason, n in zip(REASONS, counts, strict=True)},
         first_bad=min(bad) if bad else (-1, 0),
         first_unreadable=min(unreadable) if unreadable else -1,
         user_vocab=build_vocab(pa.concat_arrays([c.flatten() for c in table["user_ids"].chunks])),
@@ -218,7 +223,7 @@ def raise_for_bad_rows(summary: LogSummary, source: LogSource, on_bad_rows: str)
 
 def raise_for_duplicates(shards: pa.Table, source: LogSource) -> None:
     """With on_bad_rows='fail': the error for the earliest duplicate row, naming the row it repeats."""
-    pairs = zip(shards["first_duplicate"].to_pylist(), shards["duplicate_of"].to_pylist())
+    pairs = zip(shards["first_duplicate"].to_pylist(), shards["duplicate_of"].to_pylist(), strict=True)
     found = [(d, o) for d, o in pairs if d >= 0]
     if found:
         duplicate, original = min(found)
@@ -297,7 +302,9 @@ def write_side_files(
     shards = shards.filter(pc.not_equal(shards["file"], ""))
     outputs += [
         {"path": f, "size": s, "sha256": h}
-        for f, s, h in zip(shards["file"].to_pylist(), shards["size"].to_pylist(), shards["sha256"].to_pylist())
+        for f, s, h in zip(
+            shards["file"].to_pylist(), shards["size"].to_pylist(), shards["sha256"].to_pylist(), strict=True
+        )
     ]
     has_text = text is not None and text.num_rows > 0
     return _manifest(cfg, source, summary, shards, outputs, num_items=len(kept_items), has_text=has_text)

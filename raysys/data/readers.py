@@ -23,10 +23,10 @@ import glob
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa

@@ -36,7 +36,7 @@ def allowed_histories(dataset: PreparedDataset, split: Literal["valid", "test"])
         raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
     valid = dataset.split("valid")
     extended = list(train)
-    for user, target in zip(valid.user_index, valid.targets):
+    for user, target in zip(valid.user_index, valid.targets, strict=True):
         extended[user] = np.append(train[user], target)
     return extended
 
@@ -48,7 +48,7 @@ class PopularityScorer:
         self.counts = torch.as_tensor(counts, dtype=torch.float32)  # [num_items]
 
     @classmethod
-    def fit(cls, histories: list[np.ndarray], num_items: int) -> "PopularityScorer":
+    def fit(cls, histories: list[np.ndarray], num_items: int) -> PopularityScorer:
         """Counts over `histories` (every occurrence counts; pad and mask stay 0)."""
         flat = np.concatenate(histories) if histories else np.empty(0, dtype=np.int64)
         counts = np.bincount(flat, minlength=num_items)[:num_items].astype(np.float32)
@@ -78,7 +78,7 @@ class ItemKNNScorer:
         num_items: int,
         neighbors: int = DEFAULT_NEIGHBORS,
         recent: int = DEFAULT_RECENT,
-    ) -> "ItemKNNScorer":
+    ) -> ItemKNNScorer:
         """Cosine item-item similarity from the user x item incidence of `histories`."""
         return cls(cosine_item_similarity(histories, num_items, neighbors), recent)
 

@@ -11,8 +11,9 @@ every worker, where the evaluator finds the process group Ray Train set up and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

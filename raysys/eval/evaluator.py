@@ -19,8 +19,8 @@ gave each rank its own disjoint examples; `sync=False` evaluates locally without
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -195,7 +195,7 @@ def sample_negatives(
     """
     pool = num_items - FIRST_ITEM_INDEX
     out = np.full((len(histories), num_negatives), -1, dtype=np.int64)
-    for row, (user, history, target) in enumerate(zip(user_index, histories, targets)):
+    for row, (user, history, target) in enumerate(zip(user_index, histories, targets, strict=True)):
         excluded = np.unique(np.append(history, target))
         excluded = excluded[excluded >= FIRST_ITEM_INDEX]
         want = min(num_negatives, pool - len(excluded))
@@ -283,4 +283,4 @@ def all_reduce_sums(sums: dict[str, RankingSums]) -> dict[str, RankingSums]:
         packed = packed.cuda()
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
     pieces = torch.split(packed.cpu(), [len(v) for v in vectors])
-    return {name: part.from_vector(piece) for (name, part), piece in zip(sums.items(), pieces)}
+    return {name: part.from_vector(piece) for (name, part), piece in zip(sums.items(), pieces, strict=True)}

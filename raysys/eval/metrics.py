@@ -92,7 +92,7 @@ class RankingSums:
     covered: torch.Tensor  # [len(ks), num_items] bool
 
     @classmethod
-    def empty(cls, ks: tuple[int, ...] | list[int], num_items: int, sampled: bool = False) -> "RankingSums":
+    def empty(cls, ks: tuple[int, ...] | list[int], num_items: int, sampled: bool = False) -> RankingSums:
         """Zero sums for cut-offs `ks` over an item index space of size `num_items`."""
         ks = tuple(ks)
         names = [f"{m}@{k}" for k in ks for m in RANK_METRICS]
@@ -116,7 +116,7 @@ class RankingSums:
             shown = top_items[:, :k].reshape(-1)
             self.covered[row, shown[shown >= 0].cpu()] = True
 
-    def merge(self, other: "RankingSums") -> "RankingSums":
+    def merge(self, other: RankingSums) -> RankingSums:
         """The sums of both parts (disjoint user sets): a new object, neither input changes."""
         if (self.ks, self.num_items, self.sampled) != (other.ks, other.num_items, other.sampled):
             raise ValueError("cannot merge RankingSums of different ks, num_items or sampling")
@@ -135,11 +135,11 @@ class RankingSums:
         head = torch.tensor([float(self.count), *self.sums.values()], dtype=torch.float64)
         return torch.cat([head, self.covered.reshape(-1).double()])
 
-    def from_vector(self, vector: torch.Tensor) -> "RankingSums":
+    def from_vector(self, vector: torch.Tensor) -> RankingSums:
         """A RankingSums shaped like this one holding the values of a (summed) `to_vector()`."""
         vector = vector.detach().cpu()
         num_sums = len(self.sums)
-        sums = dict(zip(self.sums, vector[1 : 1 + num_sums].tolist()))
+        sums = dict(zip(self.sums, vector[1 : 1 + num_sums].tolist(), strict=True))
         covered = vector[1 + num_sums :].reshape(len(self.ks), self.num_items) > 0
         return RankingSums(self.ks, self.num_items, self.sampled, round(float(vector[0])), sums, covered)
 

@@ -25,10 +25,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -257,7 +258,7 @@ class LoadedModel:
     def user_histories(self) -> dict[str, list[str]]:
         """user_id -> most recent max_len original item ids, chronological."""
         table = pq.read_table(self.path / USER_HISTORY_FILE)
-        return dict(zip(table["user_id"].to_pylist(), table["items"].to_pylist()))
+        return dict(zip(table["user_id"].to_pylist(), table["items"].to_pylist(), strict=True))
 
     @cached_property
     def popularity(self) -> pa.Table:
@@ -301,7 +302,7 @@ class LoadedModel:
         scores = self.next_item_scores(torch.from_numpy(input_ids)).float()  # [B, num_items]
         scores[:, :FIRST_ITEM_INDEX] = -torch.inf
         out = []
-        for row, ((known, unknown), extra) in enumerate(zip(parsed, excludes)):
+        for row, ((known, unknown), extra) in enumerate(zip(parsed, excludes, strict=True)):
             if not known:
                 out.append(Recommendations(self._popular(k, set(extra)), unknown, "popularity"))
                 continue
@@ -313,11 +314,11 @@ class LoadedModel:
     def _top_k(self, row: torch.Tensor, k: int) -> list[tuple[str, float]]:
         allowed = int(torch.isfinite(row).sum())
         values, indices = row.topk(min(k, allowed))
-        return [(self.item_ids[i], float(v)) for i, v in zip(indices.tolist(), values.tolist())]
+        return [(self.item_ids[i], float(v)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
 
     def _popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
         ids, counts = self.popularity["item_id"].to_pylist(), self.popularity["count"].to_pylist()
-        return [(i, float(c)) for i, c in zip(ids, counts) if i not in exclude][:k]
+        return [(i, float(c)) for i, c in zip(ids, counts, strict=True) if i not in exclude][:k]
 
 
 def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:
@@ -331,7 +332,7 @@ def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:
     model.to(device).eval()
     vocab = _read_parquet(path / ITEM_VOCAB_FILE)
     item_ids = _id_of_index(vocab, int(config["num_items"])).to_pylist()
-    item_index = dict(zip(vocab["item_id"].to_pylist(), vocab["item_index"].to_pylist()))
+    item_index = dict(zip(vocab["item_id"].to_pylist(), vocab["item_index"].to_pylist(), strict=True))
     return LoadedModel(path=path, config=config, model=model, item_ids=item_ids, item_index=item_index)
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -99,7 +99,7 @@ class TextEncoder:
 def texts_key(item_ids: Sequence[str], texts: Sequence[str], encoder_identity: str) -> str:
     """A short hash of the (item id, text) pairs and the encoder: the cache key."""
     digest = hashlib.sha256(encoder_identity.encode())
-    for item_id, text in zip(item_ids, texts):
+    for item_id, text in zip(item_ids, texts, strict=True):
         digest.update(f"{len(item_id)}:{item_id}{len(text)}:{text}".encode())
     return digest.hexdigest()[:20]
 

@@ -95,7 +95,7 @@ def load_checked_model(model_dir: str, dataset: PreparedDataset) -> LoadedModel:
     """The model directory, after checking it shares the dataset's item index space."""
     loaded = cached_model(str(Path(model_dir).expanduser().resolve()))
     vocab = dataset.item_vocab()
-    dataset_index = dict(zip(vocab["item_id"].to_pylist(), vocab["item_index"].to_pylist()))
+    dataset_index = dict(zip(vocab["item_id"].to_pylist(), vocab["item_index"].to_pylist(), strict=True))
     if loaded.num_items != dataset.num_items or loaded.item_index != dataset_index:
         raise RaysysError(
             f"the model's item vocabulary ({loaded.num_items} indices) is not the dataset's ({dataset.num_items})",

@@ -3,7 +3,8 @@
     raysys pretrain --config jobs/configs/ml100k.yaml --out runs/teacher
     raysys pretrain --config jobs/configs/ml100k.yaml pretrain.num_workers=2 pretrain.zero_stage=2 --out runs/t2
     raysys pretrain --config jobs/configs/ml100k.yaml pretrain.task=next_item pretrain.init_from=runs/teacher/model
-    raysys pretrain --config jobs/configs/ml100k.yaml pretrain.task=ctr pretrain.init_from=runs/teacher/model --out runs/ctr
+    raysys pretrain --config jobs/configs/ml100k.yaml pretrain.task=ctr pretrain.init_from=runs/teacher/model \
+        --out runs/ctr
 
 setup (prepared dataset) -> train (`raysys.train.ray_train.fit`: workers, checkpoints, early stopping on
 valid NDCG@10, resume when DIR already holds checkpoints) -> save (DIR/model, the teacher's model

@@ -147,7 +147,7 @@ def plot_curves(histories: dict[str, pd.DataFrame]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(CURVES), figsize=(10, 3.6))
-    for ax, (column, title) in zip(axes, CURVES):
+    for ax, (column, title) in zip(axes, CURVES, strict=True):
         for name, frame in histories.items():
             if column in frame:
                 ax.plot(frame["epoch"], frame[column], marker="o", markersize=3, label=name)

@@ -47,7 +47,7 @@ class RecommendRequest(Strict):
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_IDS, description="item ids never to return")
 
     @model_validator(mode="after")
-    def _needs_user_or_history(self) -> "RecommendRequest":
+    def _needs_user_or_history(self) -> RecommendRequest:
         if self.user_id is None and self.history is None:
             raise ValueError("give user_id, history, or both")
         return self

@@ -18,8 +18,9 @@ batch running in a thread always sees one consistent catalog.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class ServingModel:
         self.synced_store_items = 0  # how many of the live store's added items this catalog has taken in
 
     @classmethod
-    def load(cls, path: str, *, int8: bool = False) -> "ServingModel":
+    def load(cls, path: str, *, int8: bool = False) -> ServingModel:
         return cls(load_model_dir(path), int8=int8)
 
     @property
@@ -127,7 +128,7 @@ class ServingModel:
         if ranked:
             scores = self._score([rows[i][0] for i in ranked], catalog)  # [B', N]
             lists = _top_k(scores, [rows[i][1] for i in ranked], [batch[i].k for i in ranked], catalog)
-            top = dict(zip(ranked, lists))
+            top = dict(zip(ranked, lists, strict=True))
         out = []
         for i, (_, banned, unknown) in enumerate(rows):
             if i in top:
@@ -191,7 +192,7 @@ def _top_k(
     out = []
     for row, k in enumerate(ks):
         n = max(0, min(k, allowed[row]))
-        out.append([(catalog.item_ids[i], float(v)) for i, v in zip(indices[row][:n], values[row][:n])])
+        out.append([(catalog.item_ids[i], float(v)) for i, v in zip(indices[row][:n], values[row][:n], strict=True)])
     return out
 
 
@@ -199,4 +200,4 @@ def _popular(catalog: Catalog, banned: np.ndarray, k: int) -> list[tuple[str, fl
     """The k most popular rows not banned (the cold-start fallback); scores are interaction counts."""
     keep = ~np.isin(catalog.popular, banned)
     rows, counts = catalog.popular[keep][:k], catalog.popular_counts[keep][:k]
-    return [(catalog.item_ids[r], float(c)) for r, c in zip(rows.tolist(), counts.tolist())]
+    return [(catalog.item_ids[r], float(c)) for r, c in zip(rows.tolist(), counts.tolist(), strict=True)]

@@ -29,9 +29,10 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from raysys.data.batches import (
 )
 from raysys.data.dataset import PreparedDataset
 from raysys.errors import RaysysError
-from raysys.eval.evaluator import evaluate_split, train_items
+from raysys.eval.evaluator import train_items
 from raysys.eval.metrics import auc, log_loss
 from raysys.models.common import SequenceModel
 from raysys.models.ctr import ClickModel
@@ -174,7 +175,7 @@ def count_ctr_pairs(dataset: PreparedDataset, cfg: PretrainConfig) -> int:
     train_len = table["train_len"].to_numpy().astype(np.int64)
     pairs = int(np.maximum(train_len - 1, 0).sum())
     if "ratings" in columns:
-        ratings = [r[1:n] for r, n in zip(table["ratings"].to_numpy(zero_copy_only=False), train_len)]
+        ratings = [r[1:n] for r, n in zip(table["ratings"].to_numpy(zero_copy_only=False), train_len, strict=True)]
         if any((np.asarray(r) < cfg.ctr_rating_threshold).any() for r in ratings):
             return pairs  # explicit non-clicks: one row per item with a history
     return pairs * (1 + cfg.ctr_negatives)
@@ -252,7 +253,7 @@ def ctr_split(dataset: PreparedDataset, split: str, cfg: Config) -> dict[str, np
         table = dataset.sequences(["ratings", "train_len"])
         rows = table["ratings"].to_numpy(zero_copy_only=False)[examples.user_index]
         offset = table["train_len"].to_numpy()[examples.user_index] + (0 if split == "valid" else 1)
-        ratings = np.array([float(r[i]) for r, i in zip(rows, offset)], dtype=np.float32)
+        ratings = np.array([float(r[i]) for r, i in zip(rows, offset, strict=True)], dtype=np.float32)
     rng = np.random.default_rng([cfg.pretrain.seed, 0 if split == "valid" else 1])
     return ctr_eval_pairs(
         examples.histories,
@@ -562,7 +563,7 @@ def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
         return values
     packed = torch.tensor(list(values.values()), dtype=torch.float64)
     dist.all_reduce(packed)
-    return dict(zip(values, (packed / dist.get_world_size()).tolist()))
+    return dict(zip(values, (packed / dist.get_world_size()).tolist(), strict=True))
 
 
 def _max_over_ranks(value: float) -> float:

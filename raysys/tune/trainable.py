@@ -9,8 +9,9 @@ holds no CPU (its workers do), and a restored trial resumes from the Train run's
 "direct": the trial trains the model in its own process with the local loop's pieces
 (`raysys.train.local`), on the global batch of the stage's `num_workers` Ray workers, and reports
 each epoch with a checkpoint of the whole training state (model, AdamW, lr schedule, best epoch).
-That checkpoint is what PBT copies from a donor trial and what a retried or restored trial resumes from. After a restore the trial's own config wins: the new
-lr and weight decay are written into the restored optimizer, the loss weights build a new loss.
+That checkpoint is what PBT copies from a donor trial and what a retried or restored trial resumes
+from. After a restore the trial's own config wins: the new lr and weight decay are written into
+the restored optimizer, the loss weights build a new loss.
 
 Each direct checkpoint's `trial_state.json` records which trial wrote it and the trial's lineage
 (the donors it was copied from, and at which epoch), so an exploit is visible in the trial's state.
@@ -21,9 +22,10 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,13 +39,13 @@ from raysys.models.export import load_model_dir
 from raysys.objectives.distillation import HiddenAlignment
 from raysys.train.local import (
     VALID_METRIC,
-    train_epoch,
     epoch_batches,
     global_batch,
     make_loss_fn,
     make_optimizer,
     pin_unseen_item_ids,
     seed_everything,
+    train_epoch,
     validate,
 )
 from raysys.train.ray_train import build_stage_model, stage_section, stage_text_emb

@@ -25,9 +25,9 @@ pytestmark = pytest.mark.slow  # every test here starts Ray Data work
 
 def sequences_by_user(ds: PreparedDataset) -> dict[str, list[str]]:
     """{original user id: original item ids in sequence order}, through the vocabularies."""
-    items = dict(zip(ds.item_vocab()["item_index"].to_pylist(), ds.item_vocab()["item_id"].to_pylist()))
+    items = dict(zip(ds.item_vocab()["item_index"].to_pylist(), ds.item_vocab()["item_id"].to_pylist(), strict=True))
     seq = ds.sequences(["user_index", "user_id", "items"])
-    return {u: [items[i] for i in s] for u, s in zip(seq["user_id"].to_pylist(), seq["items"].to_pylist())}
+    return {u: [items[i] for i in s] for u, s in zip(seq["user_id"].to_pylist(), seq["items"].to_pylist(), strict=True)}
 
 
 def test_movielens_100k_split(ray_session, tmp_path: Path, ml100k_path: Path, monkeypatch, capsys) -> None:
@@ -147,7 +147,7 @@ def test_iterated_kcore_and_short_users(ray_session, tmp_path: Path) -> None:
     log = pd.DataFrame({"user_id": users.astype(str), "item_id": items.astype(str), "timestamp": np.arange(n)})
     path = tmp_path / "log.csv"
     log.to_csv(path, index=False)
-    expected = kcore_reference(list(zip(log.user_id, log.item_id)), 3, 4)
+    expected = kcore_reference(list(zip(log.user_id, log.item_id, strict=True)), 3, 4)
     ds = load_or_prepare(
         DataConfig(path=str(path), cache_dir=str(tmp_path / "c"), min_user_interactions=3, min_item_interactions=4),
         progress=False,

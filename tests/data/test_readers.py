@@ -24,7 +24,7 @@ def read_all(cfg: DataConfig) -> pa.Table:
 
 def rows(table: pa.Table, *columns: str) -> list[tuple]:
     data = table.select(list(columns)).to_pydict()
-    return list(zip(*(data[c] for c in columns)))
+    return list(zip(*(data[c] for c in columns), strict=True))
 
 
 def write_movielens_100k(folder: Path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -90,13 +89,13 @@ def test_item_text_shares_topic_words(log: pd.DataFrame) -> None:
     """A cold target's text shares topic words with the item before it far more often than a random item's."""
     catalog = build_catalog(CFG)
     not_topical = set(synthetic.GENERIC_WORDS) | {"with"}
-    texts = zip(catalog.item_ids.to_pylist(), catalog.texts.to_pylist())
+    texts = zip(catalog.item_ids.to_pylist(), catalog.texts.to_pylist(), strict=True)
     words = {item: set(re.findall(r"[a-z]+", text)) - not_topical for item, text in texts}
     rows = np.flatnonzero(log["item_id"].isin(catalog.cold_item_ids()).to_numpy())
     previous, target = log["item_id"].to_numpy()[rows - 1], log["item_id"].to_numpy()[rows]
     shuffled = np.random.default_rng(0).permutation(target)
-    shared = np.mean([bool(words[p] & words[t]) for p, t in zip(previous, target)])
-    by_chance = np.mean([bool(words[p] & words[t]) for p, t in zip(previous, shuffled)])
+    shared = np.mean([bool(words[p] & words[t]) for p, t in zip(previous, target, strict=True)])
+    by_chance = np.mean([bool(words[p] & words[t]) for p, t in zip(previous, shuffled, strict=True)])
     assert shared > 0.7
     assert shared > 3 * by_chance
 

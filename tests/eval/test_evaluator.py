@@ -47,7 +47,7 @@ def brute_force(score_fn, examples: SplitExamples, ks: list[int], exclude_seen: 
     """One user at a time, plain Python: rank = #other candidates with score >= the target's."""
     sums = {f"{m}@{k}": 0.0 for m in ("hr", "ndcg", "mrr") for k in ks}
     shown: dict[int, set[int]] = {k: set() for k in ks}
-    for history, target in zip(examples.histories, examples.targets):
+    for history, target in zip(examples.histories, examples.targets, strict=True):
         scores = score_fn(torch.from_numpy(pad_histories([history], MAX_LEN)))[0].tolist()
         seen = set(history.tolist()) if exclude_seen else set()
         candidates = [j for j in range(2, NUM_ITEMS) if j not in seen or j == target]

@@ -135,7 +135,7 @@ def test_histories_and_popularity_use_original_ids(dataset: PreparedDataset, tmp
         "u2": ["m8", "m9", "m2", "m3"],
         "u3": ["m4", "m4", "m5"],
     }
-    pop = dict(zip(loaded.popularity["item_id"].to_pylist(), loaded.popularity["count"].to_pylist()))
+    pop = dict(zip(loaded.popularity["item_id"].to_pylist(), loaded.popularity["count"].to_pylist(), strict=True))
     assert pop["m5"] == 3 and pop["m4"] == 3 and pop["m10"] == 0 and len(pop) == 10
     assert loaded.popularity["count"].to_pylist() == sorted(pop.values(), reverse=True)
     assert loaded.item_ids[5] == "m5" and loaded.item_index["m5"] == 5

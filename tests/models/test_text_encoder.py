@@ -14,8 +14,8 @@ from raysys.models.text_encoder import (
     EMB_SCHEMA,
     TEXT_DIM,
     TextEncoder,
-    embed_item_texts,
     emb_table,
+    embed_item_texts,
     encoder_model_dir,
     text_emb_tensor,
 )

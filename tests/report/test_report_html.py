@@ -17,7 +17,7 @@ def _history(stage_dir: Path, losses: list[float], ndcgs: list[float]) -> None:
     stage_dir.mkdir(parents=True)
     lines = [
         json.dumps({"epoch": i + 1, "step": 10 * (i + 1), "loss": loss, "valid_ndcg@10": ndcg})
-        for i, (loss, ndcg) in enumerate(zip(losses, ndcgs))
+        for i, (loss, ndcg) in enumerate(zip(losses, ndcgs, strict=True))
     ]
     (stage_dir / "history.jsonl").write_text("\n".join(lines) + "\n")
     (stage_dir / "tensorboard").mkdir()

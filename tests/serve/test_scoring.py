@@ -40,7 +40,7 @@ def test_batch_scoring_matches_the_offline_model(model_dirs: dict[str, Path]) ->
     served = ServingModel(loaded)
     queries = queries_for(loaded.user_histories)
     results = served.predict(queries)
-    for query, result in zip(queries, results):
+    for query, result in zip(queries, results, strict=True):
         offline = loaded.recommend(
             list(query.history), k=query.k, exclude_seen=query.exclude_seen, exclude=list(query.exclude)
         )
@@ -86,7 +86,7 @@ def test_int8_model_ranks_close_to_float_and_still_adds_items(model_dirs: dict[s
     queries = [Query(history, 10) for history in list(int8.user_histories.values())[:20]]
     overlap = [
         len({i for i, _ in a.items} & {i for i, _ in b.items}) / 10
-        for a, b in zip(full.predict(queries), int8.predict(queries))
+        for a, b in zip(full.predict(queries), int8.predict(queries), strict=True)
     ]
     assert np.mean(overlap) > 0.7
     assert int8.add_items([("fresh", np.ones(384, np.float32))]) == ["fresh"]

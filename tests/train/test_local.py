@@ -56,14 +56,14 @@ def cycle_sequences(num_users: int = 30, seed: int = 1) -> list[list[str]]:
     cycle = [f"c{n}" for n in rng.permutation(CYCLE_ITEMS)]
     starts = 2 * np.arange(num_users) + rng.integers(0, 2, num_users)
     lengths = rng.integers(8, 15, num_users)
-    return [[cycle[(s + j) % CYCLE_ITEMS] for j in range(n)] for s, n in zip(starts, lengths)]
+    return [[cycle[(s + j) % CYCLE_ITEMS] for j in range(n)] for s, n in zip(starts, lengths, strict=True)]
 
 
 @pytest.fixture(scope="module")
 def cycle_dataset(ray_session, tmp_path_factory) -> PreparedDataset:
     root = tmp_path_factory.mktemp("cycle")
     rows = [(f"u{u}", item, t) for u, seq in enumerate(cycle_sequences()) for t, item in enumerate(seq)]
-    users, items, times = zip(*rows)
+    users, items, times = zip(*rows, strict=True)
     pq.write_table(
         pa.table({"user_id": users, "item_id": items, "timestamp": pa.array(times, pa.int64())}), root / "log.parquet"
     )
@@ -111,11 +111,11 @@ def test_train_step_accumulates_gradients_before_stepping() -> None:
 
     first = train_step(model, batch, loss_fn, optimizer, scheduler, cfg, micro_step=0)
     assert "lr" not in first and first["loss"] > 0 and first["kd"] == 0.0
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # only accumulated
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # only accumulated
     second = train_step(model, batch, loss_fn, optimizer, scheduler, cfg, micro_step=1)
     assert second["lr"] == pytest.approx(0.5e-2)  # warm-up step 1 of 2
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2)
-    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -265,7 +265,7 @@ def cold_test_examples(dataset: PreparedDataset) -> SplitExamples:
     trained[np.concatenate(dataset.train_sequences())] = True
     test = dataset.split("test")
     cold = ~trained[test.targets]
-    histories = [h for h, c in zip(test.histories, cold) if c]
+    histories = [h for h, c in zip(test.histories, cold, strict=True) if c]
     return SplitExamples(user_index=test.user_index[cold], histories=histories, targets=test.targets[cold])
 
 
