@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: install demo test
+.PHONY: install demo test lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,7 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests
+
+lint: install
+	$(VENV)/bin/ruff check raysys jobs tests
+	$(VENV)/bin/ruff format --check raysys jobs tests

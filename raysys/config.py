@@ -77,7 +77,8 @@ class ModelConfig(Section):
 class TeacherConfig(ModelConfig):
     """The large teacher, built from Hugging Face `transformers` classes."""
 
-    # llama measured best on ml-100k validation (jobs/bench_arch.py: NDCG@10 llama 0.118, gpt2 0.099, bert 0.042)
+    # llama measured best on ml-100k validation (jobs/bench/teacher_arch.py: NDCG@10 llama 0.118, gpt2 0.099,
+    # bert 0.042)
     arch: Literal["bert", "gpt2", "llama"] = "llama"
     gradient_checkpointing: bool = False
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -201,7 +202,22 @@ class TuneConfig(Section):
     synch: bool = False  # PBT: the population waits for its slowest trial at every interval (exploits certain, slower)
 
 
-class ServeConfig(Section):
+class ReplicaOptions(Section):
+    """The serving settings each replica takes from its live `user_config`: a redeploy that changes only
+    these reconfigures the running replicas instead of replacing them."""
+
+    batching: bool = True
+    max_batch_size: int = Field(32, ge=1)
+    # 0: a batch is whatever queued while the previous one ran (no added wait at low load; measured
+    # +8 ms p50 with 0.005 on 2 cores, and no throughput gain under load)
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
+    max_history: int = Field(200, ge=1)  # most recent items of a history that count (scoring + seen)
+    max_body_bytes: int = Field(262_144, ge=1024)  # larger request bodies: 413
+    torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
+    int8: bool = False  # dynamic int8 quantisation of the student's Linear layers (CPU serving)
+
+
+class ServeConfig(ReplicaOptions):
     """The online endpoint: the Serve application, its deployment options and replica settings."""
 
     model_dir: str | None = None
@@ -217,15 +233,6 @@ class ServeConfig(Section):
     max_ongoing_requests: int = Field(128, ge=1)
     max_queued_requests: int = Field(32, ge=1)  # waiting in each proxy
     request_timeout_s: float = Field(10.0, gt=0)  # end to end, at the proxy; beyond it: 408
-    batching: bool = True
-    max_batch_size: int = Field(32, ge=1)
-    # 0: a batch is whatever queued while the previous one ran (no added wait at low load; measured
-    # +8 ms p50 with 0.005 on 2 cores, and no throughput gain under load)
-    batch_wait_timeout_s: float = Field(0.0, ge=0)
-    max_history: int = Field(200, ge=1)
-    max_body_bytes: int = Field(262_144, ge=1024)  # larger request bodies: 413
-    torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
-    int8: bool = False  # dynamic int8 quantisation of the student's Linear layers (CPU serving)
     access_log: bool = True  # one log line per request in the proxy and replica logs
     api_key: str | None = None  # saved with the run config; prefer api_key_env
     api_key_env: str | None = None  # name of an environment variable holding the API key

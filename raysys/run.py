@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from raysys import __version__
 from raysys.config import Config
+from raysys.files import write_json_atomic
 
 
 def utc_now() -> str:
@@ -21,18 +19,6 @@ def utc_now() -> str:
 def default_out_dir(stage: str) -> Path:
     """`runs/<stage>-<UTC time>` under the current directory."""
     return Path("runs") / f"{stage}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
 
 
 def start_run(out_dir: str | Path, cfg: Config) -> Path:

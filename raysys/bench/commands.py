@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from raysys.errors import RaysysError
-from raysys.train.history import HISTORY_FILE
+from raysys.train.history import read_history
 
 POLL_S = 0.25
 
@@ -67,7 +67,7 @@ def run_stage(
         while process.poll() is None:
             time.sleep(POLL_S)
             if target is not None and reached is None:
-                reached = _first_at_target(out_dir / HISTORY_FILE, target, time.perf_counter() - start)
+                reached = _first_at_target(out_dir, target, time.perf_counter() - start)
                 if reached and stop_at_target:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
@@ -77,14 +77,14 @@ def run_stage(
                         round(reached[0], 1),
                         reached[1],
                         {},
-                        read_history(out_dir / HISTORY_FILE),
+                        read_history(out_dir),
                     )
     seconds = time.perf_counter() - start
     if process.returncode != 0:
         raise RaysysError(f"`{' '.join(command)}` exited with {process.returncode}", where=str(log))
-    history = read_history(out_dir / HISTORY_FILE)
+    history = read_history(out_dir)
     if target is not None and reached is None:  # reached in the last epoch, between two polls
-        reached = _first_at_target(out_dir / HISTORY_FILE, target, seconds)
+        reached = _first_at_target(out_dir, target, seconds)
     summary = json.loads((out_dir / "summary.json").read_text())
     return TimedRun(
         out_dir=out_dir,
@@ -96,16 +96,9 @@ def run_stage(
     )
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    """The records of a history.jsonl ([] when it is not there yet)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _first_at_target(path: Path, target: tuple[str, float], now: float) -> tuple[float, int] | None:
+def _first_at_target(run_dir: Path, target: tuple[str, float], now: float) -> tuple[float, int] | None:
     key, value = target
-    for record in read_history(path):
+    for record in read_history(run_dir):
         if record.get(key, float("-inf")) >= value:
             return now, int(record["epoch"])
     return None

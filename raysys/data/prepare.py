@@ -46,15 +46,8 @@ from ray.data.context import ShuffleStrategy
 from raysys.config import DataConfig
 from raysys.data.cache import data_config_hash, dataset_key, fingerprint_files, is_complete, publish
 from raysys.data.dataset import FIRST_ITEM_INDEX, FORMAT_VERSION, MANIFEST, SEQUENCES_DIR, PreparedDataset
-from raysys.data.readers import (
-    LogSource,
-    log_file_at,
-    raw_row,
-    read_error,
-    read_interactions,
-    read_item_text,
-    resolve_source,
-)
+from raysys.data.datasource import log_file_at, raw_row, read_error, read_interactions
+from raysys.data.item_text import read_item_text
 from raysys.data.sequences import (
     build_user_rows,
     build_vocab,
@@ -64,9 +57,11 @@ from raysys.data.sequences import (
     summarize_block,
     write_shard,
 )
+from raysys.data.sources import LogSource, resolve_source
 from raysys.data.validate import REASONS, bad_row_error, duplicate_error
 from raysys.errors import RaysysError
-from raysys.run import utc_now, write_json_atomic
+from raysys.files import write_json_atomic
+from raysys.run import utc_now
 
 BUCKETS_PER_BLOCK = 4  # user buckets (groups of the shuffle) per block of normalized rows
 VOCAB_ORDER = "sorted original id (numeric when every id is an integer); items from index 2"

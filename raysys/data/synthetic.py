@@ -26,7 +26,6 @@ row group, its rows in time order. The output depends only on the config.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import pyarrow.parquet as pq
 
 from raysys.config import SyntheticConfig
 from raysys.errors import RaysysError
+from raysys.files import atomic_path
 
 INTERACTIONS_FILE = "interactions.parquet"
 ITEMS_FILE = "items.parquet"
@@ -269,14 +269,12 @@ def sequence_lengths(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarr
 def _write_interactions(cfg: SyntheticConfig, catalog: ItemCatalog, lengths: np.ndarray, path: Path) -> None:
     mean_len = max(1, cfg.num_interactions // cfg.num_users)
     users_per_chunk = max(MIN_USERS_PER_CHUNK, ROWS_PER_CHUNK // mean_len)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with pq.ParquetWriter(tmp, INTERACTIONS_SCHEMA) as writer:
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, INTERACTIONS_SCHEMA) as writer:
         for chunk, first in enumerate(range(0, cfg.num_users, users_per_chunk)):
             users = np.arange(first, min(first + users_per_chunk, cfg.num_users))
             rng = np.random.default_rng([cfg.seed, 2, chunk])
             table = _simulate_chunk(cfg, catalog, users, lengths[users], rng)
             writer.write_table(table, row_group_size=2 * ROWS_PER_CHUNK)  # a chunk is one row group
-    os.replace(tmp, path)
 
 
 def _write_items(catalog: ItemCatalog, path: Path) -> None:
@@ -285,9 +283,8 @@ def _write_items(catalog: ItemCatalog, path: Path) -> None:
     table = pa.table(
         [catalog.item_ids.take(by_id), catalog.titles.take(by_id), catalog.texts.take(by_id)], schema=ITEMS_SCHEMA
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 @dataclass

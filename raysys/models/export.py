@@ -12,8 +12,8 @@
 
     export_model_dir(model, "runs/x/model", dataset, kind="student", model_cfg=cfg.student, max_len=50,
                      metrics={"valid": {...}})
-    loaded = load_model_dir("runs/x/model")
-    loaded.recommend(["i12", "i7"], k=10)      # -> Recommendations(items=[("i3", 4.2), ...], unknown_ids=[])
+    loaded = load_model_dir("runs/x/model")   # the model (eval mode), vocabulary, histories, popularity
+    ServingModel(loaded).predict([Query(["i12", "i7"], k=10)])   # ranking: raysys.serve.scoring, the one ranker
 
 Loading needs only `raysys.models` (no training code). The directory is written into a temporary
 sibling and renamed into place, so a reader never sees half a model.
@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,14 +40,14 @@ from torch import nn
 
 from raysys import __version__
 from raysys.config import StudentConfig, TeacherConfig
-from raysys.data.batches import pad_histories
 from raysys.data.dataset import FIRST_ITEM_INDEX, PreparedDataset
 from raysys.errors import RaysysError
+from raysys.files import write_json_atomic
 from raysys.models.common import SequenceModel
 from raysys.models.student import build_student
 from raysys.models.teacher import build_teacher
 from raysys.models.text_encoder import emb_table
-from raysys.run import utc_now, write_json_atomic
+from raysys.run import utc_now
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -215,15 +214,6 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------------ load
 
 
-@dataclass(frozen=True)
-class Recommendations:
-    """Top-k items for one history; `source` is "popularity" when no history item was known."""
-
-    items: list[tuple[str, float]]  # (original item id, score), best first
-    unknown_ids: list[str]  # history ids not in the model's vocabulary (ignored)
-    source: Literal["model", "popularity"] = "model"
-
-
 @dataclass
 class LoadedModel:
     """A model directory in memory: the model in eval mode plus its vocabulary, histories, popularity."""
@@ -269,56 +259,6 @@ class LoadedModel:
     def next_item_scores(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] long item indices (left-padded) -> [B, num_items] scores (the evaluator's score_fn)."""
         return self.model.next_item_scores(input_ids)
-
-    def to_indices(self, history: Sequence[str]) -> tuple[list[int], list[str]]:
-        """Original ids -> (known item indices in order, unknown ids)."""
-        known = [self.item_index[i] for i in history if i in self.item_index]
-        return known, [i for i in history if i not in self.item_index]
-
-    def recommend(
-        self, history: Sequence[str], k: int = 10, *, exclude_seen: bool = True, exclude: Sequence[str] = ()
-    ) -> Recommendations:
-        """Top-k original item ids for one chronological history of original ids."""
-        return self.recommend_batch([history], k, exclude_seen=exclude_seen, excludes=[exclude])[0]
-
-    def recommend_batch(
-        self,
-        histories: Sequence[Sequence[str]],
-        k: int = 10,
-        *,
-        exclude_seen: bool = True,
-        excludes: Sequence[Sequence[str]] | None = None,
-    ) -> list[Recommendations]:
-        """`recommend` for many histories in one forward pass (what a batching server calls).
-
-        Seen items are excluded over the whole history, not just the last max_len; a history with no
-        known item gets the most popular items instead (`source="popularity"`).
-        """
-        if not histories:
-            return []
-        excludes = excludes if excludes is not None else [()] * len(histories)
-        parsed = [self.to_indices(h) for h in histories]
-        input_ids = pad_histories([np.asarray(known, np.int64) for known, _ in parsed], self.max_len)
-        scores = self.next_item_scores(torch.from_numpy(input_ids)).float()  # [B, num_items]
-        scores[:, :FIRST_ITEM_INDEX] = -torch.inf
-        out = []
-        for row, ((known, unknown), extra) in enumerate(zip(parsed, excludes, strict=True)):
-            if not known:
-                out.append(Recommendations(self._popular(k, set(extra)), unknown, "popularity"))
-                continue
-            banned = [self.item_index[i] for i in extra if i in self.item_index] + (known if exclude_seen else [])
-            scores[row, banned] = -torch.inf
-            out.append(Recommendations(self._top_k(scores[row], k), unknown))
-        return out
-
-    def _top_k(self, row: torch.Tensor, k: int) -> list[tuple[str, float]]:
-        allowed = int(torch.isfinite(row).sum())
-        values, indices = row.topk(min(k, allowed))
-        return [(self.item_ids[i], float(v)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
-
-    def _popular(self, k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        ids, counts = self.popularity["item_id"].to_pylist(), self.popularity["count"].to_pylist()
-        return [(i, float(c)) for i, c in zip(ids, counts, strict=True) if i not in exclude][:k]
 
 
 def load_model_dir(path: str | Path, *, device: str = "cpu") -> LoadedModel:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raysys.config import StudentConfig, TeacherConfig
+from raysys.config import StudentConfig
 from raysys.models.common import (
     ItemEmbedding,
     SequenceModel,
@@ -21,7 +21,7 @@ from raysys.models.common import (
     padding_mask,
     position_ids,
 )
-from raysys.models.teacher import build_teacher
+from raysys.models.hf import HFSequenceModel
 
 
 def attention_mask(real: torch.Tensor) -> torch.Tensor:
@@ -126,6 +126,5 @@ def build_student(
     """
     check_model_config(cfg, "student", text_emb)
     if cfg.arch == "llama":
-        shape = cfg.model_dump(exclude={"arch"})
-        return build_teacher(TeacherConfig(arch="llama", **shape), num_items, max_len, text_emb)
+        return HFSequenceModel("llama", cfg, num_items, max_len, text_emb)
     return CausalStudent(cfg, num_items, max_len, text_emb)

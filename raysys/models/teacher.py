@@ -1,139 +1,35 @@
-"""The teacher: a large transformer over behaviour sequences, built from Hugging Face classes.
+"""The teacher: a large transformer over behaviour sequences, built from Hugging Face classes
+(`raysys.models.hf`: BERT, GPT-2 or Llama blocks, `teacher.arch`).
 
-    cfg.arch = "bert"  -> BertModel  (bidirectional; masked-item pretraining, BERT4Rec-style scoring)
-    cfg.arch = "gpt2"  -> GPT2Model  (causal; learned absolute positions)
-    cfg.arch = "llama" -> LlamaModel (causal; RoPE, RMSNorm, SwiGLU)
-
-The HF model never sees item ids: we feed `inputs_embeds` = item-ID embedding (+ projected item text),
-so the catalog table lives in our `ItemEmbedding` and is tied to the output scores. HF owns what makes
-the teacher scale: SDPA attention, activation checkpointing, bf16 and DeepSpeed compatibility.
+    teacher = build_teacher(cfg.teacher, dataset.num_items, cfg.data.max_len)
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
-from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, PreTrainedModel
 
 from raysys.config import TeacherConfig
-from raysys.data.dataset import MASK_INDEX
-from raysys.models.common import (
-    ItemEmbedding,
-    SequenceModel,
-    check_length,
-    check_model_config,
-    count_non_embedding_params,
-    padding_mask,
-    position_ids,
-)
+from raysys.models.common import check_model_config, count_non_embedding_params
+from raysys.models.hf import HFSequenceModel
 
-__all__ = ["HFTeacher", "build_teacher", "count_non_embedding_params", "hf_backbone"]
+__all__ = ["build_teacher", "count_non_embedding_params"]
 
 
-def _intermediate(cfg: TeacherConfig) -> int:
-    return cfg.intermediate_size or 4 * cfg.hidden_size
-
-
-def hf_backbone(cfg: TeacherConfig, max_len: int) -> PreTrainedModel:
-    """The bare HF transformer for `cfg.arch`, sized by `cfg`, taking sequences up to `max_len`.
-
-    Its own token table has one row and is frozen: items enter through `inputs_embeds`, and a
-    vocabulary-sized table we never use would waste memory and confuse DDP's unused-parameter check.
-    """
-    common = dict(
-        vocab_size=1, initializer_range=cfg.init_std, use_cache=False, attn_implementation=cfg.attn_implementation
-    )
-    if cfg.arch == "gpt2":
-        config = GPT2Config(
-            n_positions=max_len,
-            n_embd=cfg.hidden_size,
-            n_layer=cfg.num_layers,
-            n_head=cfg.num_heads,
-            n_inner=_intermediate(cfg),
-            resid_pdrop=cfg.dropout,
-            embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout,
-            bos_token_id=None,
-            eos_token_id=None,
-            **common,
-        )
-        model: PreTrainedModel = GPT2Model(config)
-    elif cfg.arch == "llama":
-        config = LlamaConfig(
-            hidden_size=cfg.hidden_size,
-            intermediate_size=_intermediate(cfg),
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            max_position_embeddings=max_len,
-            attention_dropout=cfg.dropout,
-            bos_token_id=None,
-            eos_token_id=None,
-            pad_token_id=None,
-            **common,
-        )
-        model = LlamaModel(config)
-    else:
-        config = BertConfig(
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            intermediate_size=_intermediate(cfg),
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            max_position_embeddings=max_len,
-            type_vocab_size=1,
-            pad_token_id=0,
-            **common,
-        )
-        model = BertModel(config, add_pooling_layer=False)
-    model.get_input_embeddings().requires_grad_(False)
-    return model
-
-
-class HFTeacher(SequenceModel):
-    """Item embedding -> HF transformer -> tied scores. See the module docstring for the archs."""
-
-    def __init__(self, cfg: TeacherConfig, num_items: int, max_len: int, text_emb: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.arch = cfg.arch
-        self.hidden_size = cfg.hidden_size
-        self.max_len = max_len
-        self.is_causal = cfg.arch != "bert"
-        self.items = ItemEmbedding(num_items, cfg.hidden_size, cfg.init_std, text_emb if cfg.use_text else None)
-        # Llama has no embedding dropout of its own; GPT-2 and BERT apply cfg.dropout after adding positions.
-        self.input_dropout = nn.Dropout(cfg.dropout if cfg.arch == "llama" else 0.0)
-        self.backbone = hf_backbone(cfg, max_len)
-        if cfg.gradient_checkpointing:
-            self.backbone.activation_checkpointing_enable()
-
-    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] long, left-padded with 0 -> [B, L, H] final hidden states (after the last norm)."""
-        check_length(input_ids, self.max_len)
-        real = padding_mask(input_ids)
-        out = self.backbone(
-            inputs_embeds=self.input_dropout(self.items(input_ids)),
-            attention_mask=real.long(),
-            position_ids=position_ids(real),
-            use_cache=False,
-        )
-        return out.last_hidden_state
-
-    def user_state(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] -> [B, H]. BERT appends the mask token after the history and reads the mask
-        position, as BERT4Rec does; a full window (L = max_len) is shifted left by one first so the
-        length stays max_len (dropping the oldest column, which is padding unless the history is full)."""
-        input_ids = input_ids[:, -self.max_len :]
-        if not self.is_causal:
-            keep = input_ids[:, 1:] if input_ids.shape[1] >= self.max_len else input_ids
-            input_ids = torch.cat([keep, torch.full_like(input_ids[:, :1], MASK_INDEX)], dim=1)
-        return self.encode(input_ids)[:, -1]
-
-
-def build_teacher(cfg: TeacherConfig, num_items: int, max_len: int, text_emb: torch.Tensor | None = None) -> HFTeacher:
+def build_teacher(
+    cfg: TeacherConfig, num_items: int, max_len: int, text_emb: torch.Tensor | None = None
+) -> HFSequenceModel:
     """A teacher for `num_items` (index space incl. pad 0 and mask 1) and windows of `max_len`.
 
     `text_emb` [num_items, text_dim] is used when `cfg.use_text`; build under `torch.device("meta")`
     to size a model without allocating it.
     """
     check_model_config(cfg, "teacher", text_emb)
-    return HFTeacher(cfg, num_items, max_len, text_emb)
+    return HFSequenceModel(
+        cfg.arch,
+        cfg,
+        num_items,
+        max_len,
+        text_emb,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        attn_implementation=cfg.attn_implementation,
+    )

@@ -14,8 +14,6 @@ embedding list<float32>.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from raysys.errors import RaysysError
+from raysys.files import atomic_path
 
 TEXT_DIM = 384
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -131,7 +130,8 @@ def embed_item_texts(
     vectors = encoder.encode(texts, batch_size=batch_size, progress=progress)
     table = emb_table(item_ids, indices, vectors)
     if cache_file is not None:
-        _write_parquet_atomic(table, cache_file)
+        with atomic_path(cache_file) as tmp:
+            pq.write_table(table, tmp)
     return table
 
 
@@ -196,14 +196,6 @@ def _read_cache(cache_file: Path, item_ids: list[str]) -> pa.Table | None:
     if table.schema != EMB_SCHEMA or table["item_id"].to_pylist() != item_ids:
         return None
     return table
-
-
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 def _require_columns(table: pa.Table, columns: Sequence[str], what: str) -> None:

@@ -11,7 +11,6 @@ and Serve itself is shut down when this call started it: the pipeline leaves not
 
 from __future__ import annotations
 
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 
 from raysys.config import ServeConfig
 from raysys.errors import RaysysError
+from raysys.files import free_port
 
 SMOKE_APP = "raysys-pipeline-smoke"
 SMOKE_ROUTE = "/pipeline-smoke"
@@ -91,7 +91,7 @@ def _smoke_config(config: dict[str, Any]) -> dict[str, Any]:
 def _auth_headers(cfg: ServeConfig) -> dict[str, str]:
     """The API-key header when the serving config asks for a key."""
     from raysys.serve.app import API_KEY_HEADER
-    from raysys.serve.deploy import resolve_api_key
+    from raysys.serve.settings import resolve_api_key
 
     key = resolve_api_key(cfg)
     return {API_KEY_HEADER: key} if key else {}
@@ -122,10 +122,3 @@ def _query(url: str, user_id: str, headers: dict[str, str]) -> dict[str, Any]:
             "requests": len(latencies),
         },
     }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shutil
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +22,8 @@ from raysys.pipeline.runner import StageRunner
 from raysys.run import write_summary
 
 MODEL_DIR = "model"  # the model directory inside the teacher and student stage directories
+EXPORT_DIR = "export"  # the export stage's directory: RUN/export/<teacher|student>, the model dirs that ship
+SHIPPED = ("teacher", "student")
 TUNE_BEST = "best.yaml"  # the tune recipe's resolved config of its best trial
 SCORERS = ("teacher", "student", "popularity", "itemknn")
 INPUTS_DIR = "inputs"  # under data.cache_dir: local copies of s3:// / gs:// data inputs
@@ -187,30 +190,40 @@ def _evaluate_all(cfg: Config, root: Path, stage_dir: Path) -> dict[str, Any]:
 
 
 def export(cfg: Config, runner: StageRunner) -> dict[str, Any]:
-    """What ships: each model directory's final location, version, size and parameter count."""
-    return runner.stage("export", cfg, lambda d: _describe_models(runner), check_keys("models"))
+    """What ships: the teacher's and the student's model directories, checked to load and copied to
+    RUN/export/<name>, with their location, version, size and parameter count."""
+    return runner.stage("export", cfg, lambda d: _export_models(runner, d), check_exported)
 
 
-def _describe_models(runner: StageRunner) -> dict[str, Any]:
+def _export_models(runner: StageRunner, stage_dir: Path) -> dict[str, Any]:
     from raysys.models.export import load_model_dir
 
     models = {}
-    for name in ("teacher", "student"):
-        local = runner.root / name / MODEL_DIR
-        loaded = load_model_dir(local)
+    for name in SHIPPED:
+        target = stage_dir / name
+        shutil.copytree(runner.root / name / MODEL_DIR, target)
+        loaded = load_model_dir(target)
         models[name] = {
-            "path": runner.location(name, MODEL_DIR),
+            "path": runner.location(EXPORT_DIR, name),
             "kind": loaded.kind,
             "model_version": loaded.model_version,
             "num_parameters": sum(p.numel() for p in loaded.model.parameters()),
-            "bytes": sum(f.stat().st_size for f in local.rglob("*") if f.is_file()),
+            "bytes": sum(f.stat().st_size for f in target.rglob("*") if f.is_file()),
         }
     return {"models": models}
+
+
+def check_exported(stage_dir: Path, summary: dict[str, Any]) -> None:
+    """Every shipped model directory under RUN/export loads."""
+    from raysys.models.export import load_model_dir
+
+    for name in SHIPPED:
+        load_model_dir(stage_dir / name)
 
 
 def serve_smoke(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """Serve the student for one /recommend query: latency and the top items (nothing stays running)."""
     from raysys.pipeline.smoke import serve_smoke as smoke
 
-    model_dir = runner.root / "student" / MODEL_DIR
+    model_dir = runner.root / EXPORT_DIR / "student"
     return runner.stage("serve_smoke", cfg, lambda d: smoke(cfg.serve, model_dir), check_keys("latency_ms"))

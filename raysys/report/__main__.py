@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", type=Path, help="a `raysys pipeline` run directory")
     parser.add_argument("--ablation", type=Path, help="an ablation CSV (default: RUN_DIR/ablation.csv if present)")
     parser.add_argument("--tune-results", type=Path, help="a tune results CSV (default: RUN_DIR/tune/results.csv)")
-    parser.add_argument("--bench-serve", type=Path, help="a jobs/bench_serve.py --out folder")
+    parser.add_argument("--bench-serve", type=Path, help="a jobs/bench/serving.py --out folder")
     args = parser.parse_args(argv)
     path = build_report(
         args.run_dir, ablation=args.ablation, tune_results=args.tune_results, bench_serve=args.bench_serve

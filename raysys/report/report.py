@@ -6,7 +6,7 @@
 Read from the run directory: summary.json (the pipeline's: models, stages, serve_smoke),
 prepare/summary.json (data), teacher/ and student/history.jsonl (one record per epoch: "loss",
 "valid_ndcg@10", ...), tune/results.csv and ablation.csv when present (or the paths given), and a
-`jobs/bench_serve.py` output folder when given. TensorBoard logs stay where training wrote them
+`jobs/bench/serving.py` output folder when given. TensorBoard logs stay where training wrote them
 (RUN/teacher/tensorboard, RUN/student/tensorboard); the report names them.
 """
 
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from raysys.train.history import read_history
 
 REPORT_FILE = "report.html"
 TRAINED = ("teacher", "student")
@@ -75,12 +77,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def read_history(stage_dir: Path) -> pd.DataFrame:
+def history_frame(stage_dir: Path) -> pd.DataFrame:
     """The stage's history.jsonl as a frame (one row per epoch; empty when there is none)."""
-    path = stage_dir / "history.jsonl"
-    if not path.is_file():
-        return pd.DataFrame()
-    return pd.DataFrame([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    return pd.DataFrame(read_history(stage_dir))
 
 
 # ------------------------------------------------------------------------------- sections
@@ -128,7 +127,7 @@ def _count(value: Any) -> Any:
 
 
 def _curves_section(run_dir: Path) -> str:
-    histories = {name: read_history(run_dir / name) for name in TRAINED}
+    histories = {name: history_frame(run_dir / name) for name in TRAINED}
     histories = {name: frame for name, frame in histories.items() if not frame.empty}
     if not histories:
         return ""
@@ -236,7 +235,7 @@ def _serving_section(smoke: dict[str, Any] | None, bench_serve: Path | None) -> 
         )
     bench_md = Path(bench_serve) / "bench_serve.md" if bench_serve else None
     if bench_md is not None and bench_md.is_file():
-        parts.append(f"<h3>Load benchmark (jobs/bench_serve.py)</h3><pre>{html.escape(bench_md.read_text())}</pre>")
+        parts.append(f"<h3>Load benchmark (jobs/bench/serving.py)</h3><pre>{html.escape(bench_md.read_text())}</pre>")
     return "<h2>Serving</h2>" + "".join(parts) if parts else ""
 
 

@@ -35,7 +35,7 @@ from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig, DeploymentActorConfig
 from starlette.middleware.body_limit import RequestBodyLimitResponder
@@ -56,33 +56,17 @@ from raysys.serve.schemas import (
     ScoredItem,
 )
 from raysys.serve.scoring import Query, ServingModel
+from raysys.serve.settings import DEPLOYMENT_NAME, ReplicaSettings
 from raysys.serve.state import LiveSnapshot, LiveStore, LiveStoreClient, StoreUnavailable
 
 logger = logging.getLogger("ray.serve")
 
-DEPLOYMENT_NAME = "Recommender"
 LIVE_STORE_NAME = "live_store"
 API_KEY_HEADER = "X-API-Key"
 REPLICA_HEADER = "x-raysys-replica"  # which replica answered: for debugging and the consistency tests
 OPEN_PATHS = ("/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 ENDPOINTS = ("/recommend", "/events", "/items", "/healthz", "/metadata")
 RETRY_AFTER_S = 1
-
-
-class ReplicaSettings(BaseModel):
-    """The deployment's `user_config`: every setting that can change without restarting replicas."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_dir: str
-    batching: bool = True
-    max_batch_size: int = Field(32, ge=1)
-    batch_wait_timeout_s: float = Field(0.0, ge=0)
-    max_history: int = Field(200, ge=1)  # most recent items of a history that count (scoring + seen)
-    max_body_bytes: int = Field(262_144, ge=1024)
-    api_key_sha256: str | None = None  # hex SHA-256 of the API key; None = no key needed
-    torch_threads: int = Field(1, ge=1)
-    int8: bool = False  # dynamic int8 quantisation of the transformer's Linear layers
 
 
 @serve.deployment(

@@ -9,43 +9,14 @@ new model beside the old one and swaps) instead of replacing them.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from raysys.config import ServeConfig
 from raysys.errors import RaysysError
+from raysys.serve.settings import DEPLOYMENT_NAME, ReplicaSettings
 
 IMPORT_PATH = "raysys.serve.app:app"
-DEPLOYMENT_NAME = "Recommender"  # raysys.serve.app.DEPLOYMENT_NAME (not imported: keeps this module light)
-
-
-def resolve_api_key(cfg: ServeConfig) -> str | None:
-    """The API key from `serve.api_key_env` (an environment variable) or `serve.api_key`."""
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise RaysysError(f"environment variable {cfg.api_key_env} is not set", where="serve.api_key_env")
-        return key
-    return cfg.api_key
-
-
-def user_config(cfg: ServeConfig, model_dir: str) -> dict[str, Any]:
-    """The replicas' live settings (`ReplicaSettings` in app.py); the API key only as its hash."""
-    import hashlib
-
-    key = resolve_api_key(cfg)
-    return {
-        "model_dir": model_dir,
-        "batching": cfg.batching,
-        "max_batch_size": cfg.max_batch_size,
-        "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
-        "max_history": cfg.max_history,
-        "max_body_bytes": cfg.max_body_bytes,
-        "api_key_sha256": hashlib.sha256(key.encode()).hexdigest() if key else None,
-        "torch_threads": cfg.torch_threads,
-        "int8": cfg.int8,
-    }
 
 
 def serve_config(cfg: ServeConfig, model_dir: str | None = None) -> dict[str, Any]:
@@ -58,7 +29,7 @@ def serve_config(cfg: ServeConfig, model_dir: str | None = None) -> dict[str, An
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
         "ray_actor_options": {"num_cpus": cfg.num_cpus},
-        "user_config": user_config(cfg, str(model_dir)),
+        "user_config": ReplicaSettings.from_config(cfg, str(model_dir)).model_dump(),
     }
     if cfg.max_replicas is not None and cfg.max_replicas > cfg.num_replicas:
         deployment["autoscaling_config"] = {

@@ -2,8 +2,9 @@
 
 `ServingModel.predict(batch)` is plain, synchronous PyTorch (no Ray, no HTTP): the Serve replica
 calls it from a worker thread for each dynamic batch, the benchmark calls it in-process as the
-floor, and tests call it directly. It ranks like `LoadedModel.recommend` (same scores, same
-popularity fallback) with three serving additions:
+floor, and tests call it directly. It is the one ranker: a history's known ids (its most recent
+max_len) are scored against the catalog, seen and excluded ids are dropped, and a history with no
+known id gets the most popular items instead. Three serving needs shape it:
 
 - the item table [N, H] is computed once per model, not per request (with text, the projection of
   every item's text vector would otherwise be redone for each batch);

@@ -10,7 +10,7 @@ Why one actor read per batch rather than broadcasting to replicas: a `POST /even
 after the actor has appended, and every `/recommend` batch reads the actor before scoring, so the
 next request sees the event whichever replica serves it (read-your-writes across replicas) with no
 fan-out, acknowledgement protocol or replica membership to track. The price is one actor round
-trip per *batch* (not per request), measured by jobs/bench_serve.py. The same round trip carries
+trip per *batch* (not per request), measured by jobs/bench/serving.py. The same round trip carries
 the items added since the replica last looked (`known_items`), so catalogs stay in step too.
 
 Events are keyed by original ids, so they survive a hot reload to a model with another vocabulary.

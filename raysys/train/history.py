@@ -7,11 +7,10 @@ events past the resumed step (`purge_step`).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from raysys.files import read_jsonl, write_jsonl_atomic
 
 HISTORY_FILE = "history.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -19,22 +18,12 @@ TENSORBOARD_DIR = "tensorboard"
 
 def write_history(run_dir: Path, records: list[dict[str, Any]]) -> Path:
     """Write one JSON object per epoch to `run_dir/history.jsonl` (atomically)."""
-    path = run_dir / HISTORY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_jsonl_atomic(run_dir / HISTORY_FILE, records)
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """The records of `run_dir/history.jsonl` (empty when there is none)."""
-    path = run_dir / HISTORY_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(run_dir / HISTORY_FILE)
 
 
 class TensorBoardLog:

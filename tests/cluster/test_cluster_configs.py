@@ -273,7 +273,8 @@ def test_rayservice_serves_the_application_of_serve_yaml() -> None:
     from ray.serve.schema import ServeDeploySchema
 
     from raysys.config import ServeConfig
-    from raysys.serve.deploy import IMPORT_PATH, user_config
+    from raysys.serve.deploy import IMPORT_PATH
+    from raysys.serve.settings import ReplicaSettings
 
     serve_config = yaml.safe_load(load("kuberay/rayservice.yaml")["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(serve_config)  # what KubeRay hands to Serve must be a valid config
@@ -285,7 +286,7 @@ def test_rayservice_serves_the_application_of_serve_yaml() -> None:
     (reference_deployment,) = reference_app["deployments"]
     assert deployment["name"] == reference_deployment["name"]
     assert set(deployment["user_config"]) == set(reference_deployment["user_config"])
-    assert set(deployment["user_config"]) == set(user_config(ServeConfig(), "unused"))
+    assert set(deployment["user_config"]) == set(ReplicaSettings.from_config(ServeConfig(), "unused").model_dump())
     assert deployment["user_config"]["model_dir"].startswith(SHARED_MOUNT + "/")
     assert serve_config["http_options"]["host"] == "0.0.0.0", "reachable from the Kubernetes Service"
 

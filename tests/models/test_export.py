@@ -19,6 +19,7 @@ from raysys.errors import RaysysError
 from raysys.models.export import export_model_dir, load_model_dir
 from raysys.models.student import build_student
 from raysys.models.teacher import build_teacher
+from raysys.serve.scoring import Query, ServingModel
 
 MAX_LEN = 4
 TINY_STUDENT = StudentConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0)
@@ -141,13 +142,14 @@ def test_histories_and_popularity_use_original_ids(dataset: PreparedDataset, tmp
     assert loaded.item_ids[5] == "m5" and loaded.item_index["m5"] == 5
 
 
-def test_recommend_returns_original_ids_and_excludes(dataset: PreparedDataset, tmp_path: Path) -> None:
+def test_served_ranking_returns_original_ids_and_excludes(dataset: PreparedDataset, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_student(TINY_STUDENT, dataset.num_items, MAX_LEN).eval()
     loaded = load_model_dir(export_student(model, tmp_path / "m", dataset))
+    served = ServingModel(loaded)
     history = ["m2", "nope", "m3", "m4", "m5", "m6"]  # longer than MAX_LEN, one unknown id
-    recs = loaded.recommend(history, k=3, exclude=["m9"])
-    assert recs.unknown_ids == ["nope"] and recs.source == "model"
+    recs = served.predict([Query(history, 3, exclude=["m9"])])[0]
+    assert recs.unknown_items == ["nope"] and recs.fallback is None
     ids = [item for item, _ in recs.items]
     assert len(ids) == 3 and not set(ids) & {"m2", "m3", "m4", "m5", "m6", "m9"}  # whole history excluded
     with torch.no_grad():
@@ -156,11 +158,11 @@ def test_recommend_returns_original_ids_and_excludes(dataset: PreparedDataset, t
     assert ids == expected
     assert [s for _, s in recs.items] == sorted((s for _, s in recs.items), reverse=True)
 
-    everything = loaded.recommend(["m2"], k=100, exclude_seen=False)
+    everything = served.predict([Query(["m2"], 100, exclude_seen=False)])[0]
     assert len(everything.items) == 10 and "m2" in [i for i, _ in everything.items]  # real items only, k clamped
 
-    cold_user = loaded.recommend(["unknown-1"], k=2)
-    assert cold_user.source == "popularity" and cold_user.unknown_ids == ["unknown-1"]
+    cold_user = served.predict([Query(["unknown-1"], 2)])[0]
+    assert cold_user.fallback == "popularity" and cold_user.unknown_items == ["unknown-1"]
     assert [i for i, _ in cold_user.items] == loaded.popularity["item_id"].to_pylist()[:2]
 
 
@@ -177,7 +179,8 @@ def test_loading_needs_no_training_code(dataset: PreparedDataset, tmp_path: Path
     script = (
         "import sys; from raysys.models.export import load_model_dir; m = load_model_dir(sys.argv[1]); "
         "bad = [k for k in sys.modules if k.startswith(('raysys.train', 'raysys.objectives', 'ray.'))]; "
-        "assert not bad, bad; print(m.recommend(['m2'], k=1).items[0][0])"
+        "assert not bad, bad; import torch; s = m.next_item_scores(torch.tensor([[m.item_index['m2']]]))[0]; "
+        "s[:2] = -1e9; print(m.item_ids[int(s.argmax())])"
     )
     result = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

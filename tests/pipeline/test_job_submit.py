@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from raysys.files import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "jobs/configs/tiny.yaml"
@@ -42,18 +43,6 @@ UPLOAD_EXCLUDES = [
     ".pytest_cache",
     ".ruff_cache",
 ]
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct TCP ports free on 127.0.0.1 right now."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class Head:
@@ -264,7 +253,7 @@ def test_pipeline_as_a_ray_job_with_token_auth(head: Head) -> None:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stage"] == "pipeline" and set(summary["models"]) == {"teacher", "student", "popularity", "itemknn"}
-    assert summary["models"]["student"]["path"] == str(run_dir / "student" / "model")
+    assert summary["models"]["student"]["path"] == str(run_dir / "export" / "student")
     assert (run_dir / "report.html").read_text().count("data:image/png;base64,") >= 2
     assert (run_dir / "student" / "model" / "model.safetensors").is_file()
     assert (run_dir / "student" / "tensorboard").is_dir()

@@ -55,7 +55,7 @@ def test_pipeline_runs_into_s3_and_resumes_from_it(tmp_path: Path, s3_endpoint: 
     summary = json.loads(storage.read_text(f"{uri}/summary.json"))
     assert set(summary["models"]) == {"teacher", "student", "popularity", "itemknn"}
     for name in ("teacher", "student"):
-        assert summary["models"][name]["path"] == f"{uri}/{name}/model"
+        assert summary["models"][name]["path"] == f"{uri}/export/{name}"
         for file in ("config.json", "model.safetensors", "item_vocab.parquet"):
             assert storage.exists(f"{uri}/{name}/model/{file}")
     for entry in summary["models"].values():
@@ -63,7 +63,7 @@ def test_pipeline_runs_into_s3_and_resumes_from_it(tmp_path: Path, s3_endpoint: 
     smoke = summary["serve_smoke"]
     assert len(smoke["top_items"]) == 10 and smoke["latency_ms"]["p50"] > 0 and smoke["fallback"] is None
     assert "<h2>Metrics</h2>" in storage.read_text(f"{uri}/report.html")
-    student = load_model_dir(storage.download(f"{uri}/student/model", tmp_path / "student"))
+    student = load_model_dir(storage.download(f"{uri}/export/student", tmp_path / "student"))
     assert student.model_version == smoke["model_version"] and student.kind == "student"
     assert [name for name, rec in summary["stages"].items() if not rec["skipped"]] == STAGES
 

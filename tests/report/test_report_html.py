@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from raysys.report import build_report
-from raysys.report.report import read_history
+from raysys.report.report import history_frame
 
 
 def _history(stage_dir: Path, losses: list[float], ndcgs: list[float]) -> None:
@@ -111,8 +111,8 @@ def test_report_leaves_out_what_the_run_lacks(tmp_path: Path) -> None:
     assert len(_pngs(page)) == 1  # the metrics bar chart only
 
 
-def test_read_history_orders_epochs(tmp_path: Path) -> None:
+def test_history_frame_orders_epochs(tmp_path: Path) -> None:
     _history(tmp_path / "teacher", [3.0, 2.0], [0.1, 0.2])
-    frame = read_history(tmp_path / "teacher")
+    frame = history_frame(tmp_path / "teacher")
     assert frame["epoch"].tolist() == [1, 2] and frame["loss"].tolist() == [3.0, 2.0]
-    assert read_history(tmp_path / "missing").empty
+    assert history_frame(tmp_path / "missing").empty

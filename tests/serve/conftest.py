@@ -8,7 +8,6 @@ replicas; nothing restarts unless the replica count grows).
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,11 @@ from typing import Any
 import pytest
 
 from raysys.config import ServeConfig, StudentConfig
+from raysys.files import free_port
 
 TEXT_MODEL = StudentConfig(hidden_size=32, num_layers=1, num_heads=2, dropout=0.0, use_text=True)
 PLAIN_MODEL = StudentConfig(hidden_size=32, num_layers=1, num_heads=2, dropout=0.0, use_text=False)
 NUM_ITEMS, NUM_USERS, MAX_LEN = 200, 40, 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -33,10 +27,37 @@ def unused_port() -> int:
     return free_port()
 
 
+def brute_force_top_k(
+    loaded, history: list[str], k: int, exclude_seen: bool = True, exclude: tuple[str, ...] = ()
+) -> tuple[list[tuple[str, float]], bool]:
+    """The reference ranking, written out here without the serving code: score every item with the
+    model's `next_item_scores` on the known part of `history` (its last max_len items), drop pad and
+    mask, the excluded ids and (with exclude_seen) every known history id, sort, keep k. A history with
+    no known id falls back to the most popular allowed items. Returns (items with scores, fell back)."""
+    import torch
+
+    known = [loaded.item_index[i] for i in history if i in loaded.item_index]
+    banned = {loaded.item_index[i] for i in exclude if i in loaded.item_index} | (set(known) if exclude_seen else set())
+    if not known:
+        ids, counts = loaded.popularity["item_id"].to_pylist(), loaded.popularity["count"].to_pylist()
+        ranked = [(i, float(c)) for i, c in zip(ids, counts, strict=True) if loaded.item_index[i] not in banned]
+        return ranked[:k], True
+    with torch.no_grad():
+        scores = loaded.model.next_item_scores(torch.tensor([known[-loaded.max_len :]]))[0].tolist()
+    allowed = [(loaded.item_ids[i], s) for i, s in enumerate(scores) if i >= 2 and i not in banned]
+    return sorted(allowed, key=lambda pair: -pair[1])[:k], False
+
+
+@pytest.fixture(scope="session")
+def brute_force():
+    """`brute_force_top_k`, for the tests that check the served ranking against it."""
+    return brute_force_top_k
+
+
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """'text': a student with a text tower (version text-v1); 'plain': one without (plain-v2)."""
-    from raysys.serve.synthetic import random_model_dir
+    from raysys.bench.model_dirs import random_model_dir
 
     root = tmp_path_factory.mktemp("serve-models")
     common = dict(num_items=NUM_ITEMS, num_users=NUM_USERS, max_len=MAX_LEN)

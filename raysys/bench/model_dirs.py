@@ -65,7 +65,7 @@ def write_random_dataset(
         "num_users": num_users,
         "num_interactions": int(lengths.sum()),
         "has_text": False,
-        "source": "raysys.serve.synthetic (random)",
+        "source": "raysys.bench.model_dirs (random)",
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return PreparedDataset.open(out)
