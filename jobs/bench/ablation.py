@@ -1,6 +1,6 @@
 """Ablation: what each part of the student's loss, and self-supervised pretraining, is worth.
 
-    python jobs/bench_ablation.py --configs jobs/configs/ml100k.yaml,jobs/configs/quickstart.yaml \
+    python jobs/bench/ablation.py --configs jobs/configs/ml100k.yaml,jobs/configs/quickstart.yaml \
         --seeds 0,1,2 --out runs/ablation
 
 Rows, per dataset and seed (every model chosen at its best validation epoch, test NDCG@10 reported):
@@ -28,16 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from raysys.config import Config, load_config
 from raysys.data.dataset import PreparedDataset
 from raysys.data.prepare import load_or_prepare
-from raysys.eval.evaluator import evaluate_split
-from raysys.models.common import SequenceModel
-from raysys.models.student import build_student
-from raysys.models.teacher import build_teacher
-from raysys.train.local import global_batch, seed_everything, train_model
+from raysys.train.local import TrainOutcome, global_batch, train_local
+from raysys.train.tasks import Stage, task_for
 
 STUDENT_VARIANTS = {  # name -> (lambda_ssl on?, lambda_kd on?)
     "student alone": (False, False),
@@ -63,73 +58,74 @@ def parse_args() -> argparse.Namespace:
 
 
 def train_and_test(
-    name: str, model: SequenceModel, dataset: PreparedDataset, cfg: Config, train_cfg, teacher=None
-) -> dict[str, Any]:
-    """Train in place (best valid epoch kept) and measure test figures."""
+    name: str, cfg: Config, stage: Stage, dataset: PreparedDataset
+) -> tuple[dict[str, Any], TrainOutcome]:
+    """Train in process at the workers' global batch (best valid epoch kept) and measure test figures."""
     start = time.perf_counter()
-    result = train_model(
-        model,
+    result = train_local(
+        global_batch(cfg, stage),
+        stage,
         dataset,
-        train_cfg,
-        max_len=cfg.data.max_len,
-        eval_cfg=cfg.eval,
-        teacher=teacher,
+        test=True,
         on_epoch=lambda r: print(
             f"  {name} epoch {r['epoch']}: valid ndcg@10 {r['valid_ndcg@10']:.4f} ({r['seconds']} s)", flush=True
         ),
     )
-    with torch.inference_mode():
-        test = evaluate_split(
-            model.next_item_scores, dataset.split("test"), dataset.num_items, cfg.eval, cfg.data.max_len
-        )
-    return {
+    row = {
         "model": name,
-        "test_ndcg@10": round(test["ndcg@10"], 4),
-        "test_hr@10": round(test["hr@10"], 4),
-        "valid_ndcg@10": round(result.best_valid["ndcg@10"], 4),
+        "test_ndcg@10": round(result.test["ndcg@10"], 4),
+        "test_hr@10": round(result.test["hr@10"], 4),
+        "valid_ndcg@10": round(result.valid["ndcg@10"], 4),
         "best_epoch": result.best_epoch,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    return row, result
 
 
-def one_seed(cfg: Config, dataset: PreparedDataset, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+def with_section(cfg: Config, section: str, **changes: Any) -> Config:
+    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=changes)})
+
+
+def one_seed(
+    cfg: Config, dataset: PreparedDataset, seed: int, args: argparse.Namespace, models: Path
+) -> list[dict[str, Any]]:
+    """The six rows of one seed; the teachers are exported under `models` (the KD students load one)."""
     rows = []
-    next_item = global_batch(cfg.pretrain).model_copy(update={"task": "next_item", "seed": seed})
-    seed_everything(seed)
-    teacher = build_teacher(cfg.teacher, dataset.num_items, cfg.data.max_len)
-    rows.append(train_and_test("teacher scratch", teacher, dataset, cfg, next_item))
+    next_item = with_section(cfg, "pretrain", task="next_item", seed=seed, init_from=None)
+    row, scratch = train_and_test("teacher scratch", next_item, "pretrain", dataset)
+    rows.append(row)
+    teacher_dir = task_for(cfg, "pretrain").export(scratch.model, models / "scratch", dataset, scratch.metrics)
 
-    seed_everything(seed)
-    pretrained = build_teacher(cfg.teacher, dataset.num_items, cfg.data.max_len)
-    ssl = next_item.model_copy(
-        update={
-            "task": "pretrain",
-            "epochs": args.pretrain_epochs,
-            "patience": args.pretrain_epochs,
-            "weight_next_item": 0.0,
-            "weight_masked_item": args.masked_weight,
-            "weight_contrastive": args.contrastive_weight,
-        }
+    ssl = with_section(
+        next_item,
+        "pretrain",
+        task="pretrain",
+        epochs=args.pretrain_epochs,
+        patience=args.pretrain_epochs,
+        weight_next_item=0.0,
+        weight_masked_item=args.masked_weight,
+        weight_contrastive=args.contrastive_weight,
     )
     start = time.perf_counter()
-    train_model(pretrained, dataset, ssl, max_len=cfg.data.max_len, eval_cfg=cfg.eval)
+    pretrained = train_local(global_batch(ssl, "pretrain"), "pretrain", dataset)
+    pretrained_dir = task_for(cfg, "pretrain").export(pretrained.model, models / "ssl", dataset, pretrained.metrics)
     pretrain_s = time.perf_counter() - start
-    row = train_and_test("teacher pretrain→fine-tune", pretrained, dataset, cfg, next_item)
+    fine_tune = with_section(next_item, "pretrain", init_from=pretrained_dir["model_dir"])
+    row, _ = train_and_test("teacher pretrain→fine-tune", fine_tune, "pretrain", dataset)
     row["seconds"] = round(row["seconds"] + pretrain_s, 1)
     rows.append(row)
 
     for name, (use_ssl, use_kd) in STUDENT_VARIANTS.items():
-        distill = global_batch(cfg.distill).model_copy(
-            update={
-                "seed": seed,
-                "lambda_ssl": args.lambda_ssl if use_ssl else 0.0,
-                "lambda_kd": (args.lambda_kd or cfg.distill.lambda_kd) if use_kd else 0.0,
-                "lambda_hidden": 0.0,
-            }
+        student = with_section(
+            cfg,
+            "distill",
+            seed=seed,
+            teacher=teacher_dir["model_dir"] if use_kd else None,
+            lambda_ssl=args.lambda_ssl if use_ssl else 0.0,
+            lambda_kd=(args.lambda_kd or cfg.distill.lambda_kd) if use_kd else 0.0,
+            lambda_hidden=0.0,
         )
-        seed_everything(seed)
-        student = build_student(cfg.student, dataset.num_items, cfg.data.max_len)
-        rows.append(train_and_test(name, student, dataset, cfg, distill, teacher=teacher if use_kd else None))
+        rows.append(train_and_test(name, student, "distill", dataset)[0])
     return rows
 
 
@@ -165,7 +161,7 @@ def main() -> None:
         dataset = load_or_prepare(cfg.data, progress=False)
         name = Path(config).stem
         for seed in [int(s) for s in args.seeds.split(",")]:
-            for row in one_seed(cfg, dataset, seed, args):
+            for row in one_seed(cfg, dataset, seed, args, out / "models" / f"{name}-{seed}"):
                 rows.append({"dataset": name, "seed": seed, **row})
                 print(json.dumps(rows[-1]), flush=True)
                 write_csv(out / "ablation.csv", rows)  # partial results survive an interrupted run

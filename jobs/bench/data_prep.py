@@ -1,7 +1,7 @@
 """Benchmark the data stage: raysys prepare (Ray Data) against a single-process pandas/pyarrow baseline.
 
-    python jobs/bench_data.py --sizes 1e6,5e6 --out runs/bench_data
-    python jobs/bench_data.py --sizes 2e7 --out runs/bench_data_20m     # the 20 M target run (long)
+    python jobs/bench/data_prep.py --sizes 1e6,5e6 --out runs/bench_data
+    python jobs/bench/data_prep.py --sizes 2e7 --out runs/bench_data_20m     # the 20 M target run (long)
 
 For each size a synthetic log is generated once (not timed). Each implementation then runs in its own
 subprocess, so its peak memory is its own: PeakMemorySampler reads the subprocess tree (with Ray's GCS,

@@ -1,11 +1,12 @@
 """Teacher pretraining throughput and model FLOPs utilisation (MFU) on one GPU, bf16, DeepSpeed alone.
 
-    python jobs/bench_mfu.py --out runs/bench_mfu                         # on the GPU machine
-    python jobs/bench_mfu.py --device cpu --tiny --steps 3 --out /tmp/mfu # smoke run of the same path
+    python jobs/bench/mfu.py --out runs/bench_mfu                         # on the GPU machine
+    python jobs/bench/mfu.py --device cpu --tiny --steps 3 --out /tmp/mfu # smoke run of the same path
 
-The step is `raysys.train.ray_train.engine_step`, the function every Ray Train worker calls, on a
-one-process DeepSpeed engine built by the same helpers (`deepspeed_config`, `make_optimizer`,
-`lr_scheduler`, `make_loss_fn`). Only Ray is left out: the GPU machine has no Ray. The teacher is the
+The step is `raysys.train.loop.micro_step` + `engine.step()`, what the one training loop runs on every
+Ray Train worker, on a one-process `DeepSpeedEngine` (the worker's engine: our AdamW and lr schedule,
+`deepspeed_config`) and the pretraining task's loss. Only Ray is left out: the GPU machine has no
+Ray. The teacher is the
 HF Llama the product builds (`build_teacher`), by default with >= 100 M non-embedding parameters,
 trained on next-item prediction with the full softmax over the catalog, on full-length windows of
 random items (no padding, so every position is a trained token).
@@ -30,15 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysys.config import PretrainConfig, TeacherConfig
+from raysys.config import Config, DataConfig, PretrainConfig, TeacherConfig
 from raysys.data.batches import next_item_batch
 from raysys.data.dataset import FIRST_ITEM_INDEX
 from raysys.models.common import count_non_embedding_params
-from raysys.models.teacher import build_teacher
-from raysys.train.deepspeed_config import deepspeed_config
-from raysys.train.local import make_loss_fn, make_optimizer, seed_everything
-from raysys.train.ray_train import TrainedModules, engine_step, import_deepspeed
-from raysys.train.schedule import lr_scheduler
+from raysys.train.engines import DeepSpeedEngine, TrainedModules
+from raysys.train.loop import micro_step
+from raysys.train.tasks import PretrainTask
+from raysys.train.tasks.base import seed_everything
 
 H100_SXM_BF16_TFLOPS = 989.4  # dense, without sparsity (NVIDIA H100 SXM datasheet)
 
@@ -90,42 +90,21 @@ def matmul_tflops(device: str, size: int, repeats: int = 20) -> float:
     return 2.0 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def random_windows(rng: np.random.Generator, batch: int, max_len: int, num_items: int) -> dict[str, torch.Tensor]:
-    """Full-length windows of random real items [batch, max_len + 1] -> next-item batch tensors."""
-    windows = rng.integers(FIRST_ITEM_INDEX, num_items, size=(batch, max_len + 1))
-    return {key: torch.from_numpy(value) for key, value in next_item_batch(windows).items()}
+def random_windows(rng: np.random.Generator, batch: int, max_len: int, num_items: int) -> dict[str, np.ndarray]:
+    """Full-length windows of random real items [batch, max_len + 1] -> a next-item batch."""
+    return next_item_batch(rng.integers(FIRST_ITEM_INDEX, num_items, size=(batch, max_len + 1)))
 
 
-def init_single_process(device: str):
-    """A one-process DeepSpeed world (nccl on GPU, gloo on CPU), set up as a Ray worker sets up its own;
-    returns the deepspeed module."""
-    for key, value in {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29517",
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-    }.items():
-        os.environ.setdefault(key, value)  # what Ray Train's backend sets for each worker
-    return import_deepspeed(use_gpu=device == "cuda")
-
-
-def build_engine(args: argparse.Namespace, teacher_cfg: TeacherConfig, train_cfg: PretrainConfig):
-    """The teacher wrapped as the Ray worker wraps it, inside a DeepSpeed engine."""
-    deepspeed = init_single_process(args.device)
+def build_engine(args: argparse.Namespace, task: PretrainTask) -> DeepSpeedEngine:
+    """The teacher inside the DeepSpeed engine a Ray worker builds, in a one-process world (nccl on
+    GPU, gloo on CPU) set up with the variables Ray Train's backend sets for each worker."""
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517", "RANK": "0", "WORLD_SIZE": "1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("LOCAL_RANK", "0")
     if args.device == "cuda":
         torch.cuda.set_device(0)
-    model = build_teacher(teacher_cfg, args.items, args.max_len)
-    modules = TrainedModules(model, None)
-    optimizer = make_optimizer([modules], train_cfg)
-    schedule = lr_scheduler(optimizer, train_cfg, total_steps=args.warmup + args.steps)
-    engine, *_ = deepspeed.initialize(
-        model=modules,
-        optimizer=optimizer,
-        lr_scheduler=schedule,
-        config=deepspeed_config(train_cfg, use_gpu=args.device == "cuda"),
-    )
-    return engine, model
+    modules = TrainedModules(task.build_model(args.items, None)).to(args.device)
+    return DeepSpeedEngine(modules, task.train_cfg, total_steps=args.warmup + args.steps)
 
 
 def _sync(device: str) -> None:
@@ -147,20 +126,30 @@ def main() -> None:
         arch="llama", hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads, dropout=0.0
     )
     train_cfg = PretrainConfig(
-        task="next_item", batch_size=args.batch, lr=1e-4, warmup_steps=0, grad_clip=1.0, zero_stage=args.zero
+        task="next_item",
+        batch_size=args.batch,
+        lr=1e-4,
+        warmup_steps=0,
+        grad_clip=1.0,
+        zero_stage=args.zero,
+        use_gpu=args.device == "cuda",
     )
-    engine, model = build_engine(args, teacher_cfg, train_cfg)
-    loss_fn = make_loss_fn(train_cfg)
-    non_embedding = count_non_embedding_params(model)
+    cfg = Config(data=DataConfig(max_len=args.max_len), teacher=teacher_cfg, pretrain=train_cfg)
+    task = PretrainTask(cfg, "pretrain")
+    engine = build_engine(args, task)
+    generator = torch.Generator().manual_seed(0)
+    non_embedding = count_non_embedding_params(engine.modules.model)
     flops = step_flops(non_embedding, args.layers, args.hidden, args.items, args.batch, args.max_len)
     rng = np.random.default_rng(0)
-    engine.train()
+    engine.modules.train()
     losses = []
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             _sync(args.device)
             start = time.perf_counter()
-        losses.append(engine_step(engine, random_windows(rng, args.batch, args.max_len, args.items), loss_fn)["loss"])
+        batch = random_windows(rng, args.batch, args.max_len, args.items)
+        losses.append(micro_step(engine, task, batch, generator, 1.0, boundary=True)["loss"])
+        engine.step()
     _sync(args.device)
     seconds = time.perf_counter() - start
     achieved = flops["total"] * args.steps / seconds / 1e12

@@ -1,6 +1,6 @@
 """Quality against the peer: teacher and student test NDCG@10 on ml-100k, mean of 3 seeds.
 
-    python jobs/bench_quality.py --config jobs/configs/ml100k.yaml --seeds 0,1,2 --out runs/quality
+    python jobs/bench/quality.py --config jobs/configs/ml100k.yaml --seeds 0,1,2 --out runs/quality
 
 Per seed, the two real commands a user runs, with the shipped defaults (chosen on validation only):
     raysys pretrain --config jobs/configs/ml100k.yaml pretrain.seed=S --out OUT/teacher-S
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from raysys.bench.commands import run_stage
-from raysys.run import utc_now, write_json_atomic
+from raysys.files import write_json_atomic
+from raysys.run import utc_now
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 TEACHER_VS_PEER, STUDENT_VS_PEER, STUDENT_VS_TEACHER = 1.2, 1.1, 0.95
@@ -47,7 +48,7 @@ def one_seed(
     args: argparse.Namespace, seed: int, out: Path, peer_valid: float, previous: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Teacher then student for one seed; their valid/test figures and command times (and the
-    teacher's seconds to the peer's best validation NDCG@10, as jobs/bench_train.py measures it).
+    teacher's seconds to the peer's best validation NDCG@10, as jobs/bench/training.py measures it).
 
     `previous` (--reuse-teachers): this seed's row of an earlier run whose teacher finished; the
     teacher is kept and only the student is trained again."""

@@ -1,10 +1,10 @@
 """Benchmark the Serve endpoint: latency percentiles and the highest sustained request rate.
 
-    python jobs/bench_serve.py --out runs/bench_serve                        # 1.7 k, 10 k, 100 k items
-    python jobs/bench_serve.py --catalogs 10000 --rates 200,400,600 --duration 5 --out runs/bench_10k
+    python jobs/bench/serving.py --out runs/bench_serve                        # 1.7 k, 10 k, 100 k items
+    python jobs/bench/serving.py --catalogs 10000 --rates 200,400,600 --duration 5 --out runs/bench_10k
 
 For each catalog size a randomly initialised student is exported once (latency does not depend on
-what the weights learned; raysys.serve.synthetic). One local Serve application serves them in turn:
+what the weights learned; raysys.bench.model_dirs). One local Serve application serves them in turn:
 switching catalog or batching is a hot reload (user_config), exactly what production does.
 
 At each offered rate an open-loop generator (asyncio + httpx on 127.0.0.1, one process) sends
@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import random
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,8 @@ import httpx
 import numpy as np
 
 from raysys.config import ServeConfig, StudentConfig
-from raysys.run import utc_now, write_json_atomic
+from raysys.files import free_port, write_json_atomic
+from raysys.run import utc_now
 
 TARGET_P99_MS, TARGET_P99_RATE, TARGET_RATE, TARGET_ITEMS = 50.0, 200, 400, 10_000
 SUSTAINED_P99_MS = 250.0  # above it the queue is growing within the run: the rate is not sustainable
@@ -242,28 +242,20 @@ def int8_quality(ml100k: str, epochs: int, root: Path) -> dict[str, Any]:
     latency of the same weights in fp32 and with dynamic int8 Linear layers."""
     import torch
 
-    from raysys.config import DataConfig, EvalConfig, PretrainConfig
+    from raysys.config import Config, DataConfig, DistillConfig, EvalConfig
     from raysys.data.prepare import load_or_prepare
     from raysys.eval.evaluator import evaluate_split
-    from raysys.models.export import export_model_dir
-    from raysys.models.student import build_student
     from raysys.serve.scoring import quantize_int8
-    from raysys.train.local import seed_everything, train_model
+    from raysys.train.local import train_local
+    from raysys.train.tasks import task_for
 
-    dataset = load_or_prepare(DataConfig(path=ml100k, format="recbole", max_len=MAX_LEN), progress=False)
-    seed_everything(0)
-    model = build_student(StudentConfig(), dataset.num_items, MAX_LEN)
-    train_cfg = PretrainConfig(task="next_item", epochs=epochs, batch_size=256, lr=2e-3)
-    result = train_model(model, dataset, train_cfg, max_len=MAX_LEN, eval_cfg=EvalConfig(ks=[10]))
-    model_dir = export_model_dir(
-        model,
-        root / "ml100k-student",
-        dataset,
-        kind="student",
-        model_cfg=StudentConfig(),
-        max_len=MAX_LEN,
-        metrics={"valid": result.best_valid},
-    )
+    data = DataConfig(path=ml100k, format="recbole", max_len=MAX_LEN)
+    dataset = load_or_prepare(data, progress=False)
+    distill = DistillConfig(epochs=epochs, batch_size=256, lr=2e-3, lambda_kd=0.0, lambda_ssl=0.0)  # next item alone
+    cfg = Config(data=data, student=StudentConfig(), distill=distill, eval=EvalConfig(ks=[10]))
+    result = train_local(cfg, "distill", dataset)
+    model = result.model
+    model_dir = task_for(cfg, "distill").export(model, root / "ml100k-student", dataset, result.metrics)["model_dir"]
     test, eval_cfg = dataset.split("test"), EvalConfig(ks=[10])
     torch.set_num_threads(1)
     with torch.inference_mode():
@@ -284,8 +276,8 @@ def int8_quality(ml100k: str, epochs: int, root: Path) -> dict[str, Any]:
 
 def model_dirs(catalogs: list[int], root: Path) -> dict[int, Path]:
     """One exported random student per catalog size (reused when already there)."""
+    from raysys.bench.model_dirs import random_model_dir
     from raysys.models.export import CONFIG_FILE
-    from raysys.serve.synthetic import random_model_dir
 
     out = {}
     for n in catalogs:
@@ -296,12 +288,6 @@ def model_dirs(catalogs: list[int], root: Path) -> dict[int, Path]:
             )
         out[n] = path
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Which teacher family learns best here? Trains each `teacher.arch` with the same budget and prints
 validation NDCG@10 (the default `teacher.arch` is the winner; choices are made on valid only).
 
-    python jobs/bench_arch.py --config jobs/configs/ml100k.yaml --archs gpt2,llama,bert --epochs 30
+    python jobs/bench/teacher_arch.py --config jobs/configs/ml100k.yaml --archs gpt2,llama,bert --epochs 30
 
 BERT trains on the masked-item (Cloze) objective, the causal families on next-item at every position.
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 
 from raysys.config import Config, load_config
 from raysys.data.prepare import load_or_prepare
-from raysys.models.teacher import build_teacher
-from raysys.train.local import seed_everything, train_model
+from raysys.train.local import train_local
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,15 +35,11 @@ def train_one(cfg: Config, arch: str, seed: int, epochs: int) -> dict:
     teacher_cfg = cfg.teacher.model_copy(update={"arch": arch})
     objective = {"weight_next_item": 0.0, "weight_masked_item": 1.0} if arch == "bert" else {}
     train_cfg = cfg.pretrain.model_copy(update={"epochs": epochs, "seed": seed, "task": "pretrain", **objective})
-    seed_everything(seed)
-    model = build_teacher(teacher_cfg, dataset.num_items, cfg.data.max_len)
     start = time.perf_counter()
-    result = train_model(
-        model,
+    result = train_local(
+        cfg.model_copy(update={"teacher": teacher_cfg, "pretrain": train_cfg}),
+        "pretrain",
         dataset,
-        train_cfg,
-        max_len=cfg.data.max_len,
-        eval_cfg=cfg.eval,
         on_epoch=lambda r: print(
             f"  {arch} seed {seed} epoch {r['epoch']}: valid ndcg@10 {r['valid_ndcg@10']:.4f}", flush=True
         ),
@@ -54,8 +49,8 @@ def train_one(cfg: Config, arch: str, seed: int, epochs: int) -> dict:
         "arch": arch,
         "seed": seed,
         "best_epoch": result.best_epoch,
-        "valid_ndcg@10": round(result.best_valid["ndcg@10"], 4),
-        "valid_hr@10": round(result.best_valid["hr@10"], 4),
+        "valid_ndcg@10": round(result.valid["ndcg@10"], 4),
+        "valid_hr@10": round(result.valid["hr@10"], 4),
         "seconds": round(seconds, 1),
         "seconds_per_epoch": round(seconds / len(result.history), 2),
     }

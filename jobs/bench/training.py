@@ -1,9 +1,9 @@
 """Training speed: time to the peer's quality, and throughput by worker count and ZeRO stage.
 
-    python jobs/bench_train.py --out runs/bench_train                       # reach + throughput
-    python jobs/bench_train.py --parts reach --seeds 0,1,2 --out runs/bench_train
-    python jobs/bench_train.py --parts throughput --layouts 1:0,2:0,2:2,2:3 --out runs/bench_train
-    python jobs/bench_train.py --parts reach --run-peer /tmp/recbole-venv/bin/python --out runs/bench_train
+    python jobs/bench/training.py --out runs/bench_train                       # reach + throughput
+    python jobs/bench/training.py --parts reach --seeds 0,1,2 --out runs/bench_train
+    python jobs/bench/training.py --parts throughput --layouts 1:0,2:0,2:2,2:3 --out runs/bench_train
+    python jobs/bench/training.py --parts reach --run-peer /tmp/recbole-venv/bin/python --out runs/bench_train
 
 reach: wall time of the whole `raysys pretrain --config jobs/configs/ml100k.yaml` command (Ray start,
 data, DeepSpeed set-up and every validation pass included) until its validation NDCG@10 first reaches
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from raysys.bench.commands import TimedRun, run_stage
-from raysys.run import utc_now, write_json_atomic
+from raysys.files import write_json_atomic
+from raysys.run import utc_now
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
 TARGET_SPEEDUP = 10.0

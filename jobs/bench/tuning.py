@@ -1,7 +1,7 @@
 """Does tuning pay, and does ASHA save budget? Prints the figures of the tune stage on ml-100k.
 
-    python jobs/bench_tune.py --config jobs/configs/tune_ml100k.yaml --samples 6 --epochs 6 --out runs/bench_tune
-    python jobs/bench_tune.py --config jobs/configs/tune_ml100k.yaml --teacher runs/ml100k-teacher/model --modes
+    python jobs/bench/tuning.py --config jobs/configs/tune_ml100k.yaml --samples 6 --epochs 6 --out runs/bench_tune
+    python jobs/bench/tuning.py --config jobs/configs/tune_ml100k.yaml --teacher runs/ml100k-teacher/model --modes
 
 1. teacher: --teacher DIR, or a small one pretrained here with the local loop (`--teacher-epochs`).
 2. --modes: one trial of each trial mode ("direct", "ray_train") with the same epochs: seconds per trial.
@@ -21,12 +21,11 @@ from typing import Any
 
 from raysys.config import Config, load_config
 from raysys.data.prepare import load_or_prepare
-from raysys.models.export import export_model_dir
-from raysys.models.student import build_student
-from raysys.models.teacher import build_teacher
+from raysys.files import write_json_atomic
 from raysys.recipes import tune as tune_recipe
-from raysys.run import start_run, write_json_atomic
-from raysys.train.local import seed_everything, train_model, validate
+from raysys.run import start_run
+from raysys.train.local import train_local
+from raysys.train.tasks import task_for
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,23 +42,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def pretrain_teacher(cfg: Config, out: Path, epochs: int) -> str:
-    """A teacher pretrained by the local loop on next-item prediction; returns its model directory."""
+    """A teacher pretrained by the in-process loop on next-item prediction; returns its model directory."""
     dataset = load_or_prepare(cfg.data, progress=False)
-    train_cfg = cfg.pretrain.model_copy(update={"epochs": epochs})
-    seed_everything(train_cfg.seed)
-    model = build_teacher(cfg.teacher, dataset.num_items, cfg.data.max_len)
-    result = train_model(model, dataset, train_cfg, max_len=cfg.data.max_len, eval_cfg=cfg.eval)
-    print(f"teacher: valid ndcg@10 {result.best_valid['ndcg@10']:.4f} after {len(result.history)} epochs", flush=True)
-    model_dir = export_model_dir(
-        model,
-        out / "teacher",
-        dataset,
-        kind="teacher",
-        model_cfg=cfg.teacher,
-        max_len=cfg.data.max_len,
-        metrics={"valid": result.best_valid},
-    )
-    return str(model_dir)
+    cfg = cfg.model_copy(update={"pretrain": cfg.pretrain.model_copy(update={"epochs": epochs})})
+    result = train_local(cfg, "pretrain", dataset)
+    print(f"teacher: valid ndcg@10 {result.valid['ndcg@10']:.4f} after {len(result.history)} epochs", flush=True)
+    return task_for(cfg, "pretrain").export(result.model, out / "teacher", dataset, result.metrics)["model_dir"]
 
 
 def with_tune(cfg: Config, **changes: Any) -> Config:
@@ -76,18 +64,9 @@ def search(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def test_ndcg(cfg: Config) -> dict[str, float]:
-    """Train the student of `cfg` with the local loop; valid (selection) and test NDCG@10 of its best epoch."""
-    dataset = load_or_prepare(cfg.data, progress=False)
-    seed_everything(cfg.distill.seed)
-    student = build_student(cfg.student, dataset.num_items, cfg.data.max_len)
-    teacher = None
-    if cfg.distill.teacher:
-        from raysys.models.export import load_model_dir
-
-        teacher = load_model_dir(cfg.distill.teacher).model
-    result = train_model(student, dataset, cfg.distill, max_len=cfg.data.max_len, eval_cfg=cfg.eval, teacher=teacher)
-    test = validate(student, dataset.split("test"), dataset.num_items, cfg.eval, cfg.data.max_len)
-    return {"valid_ndcg@10": round(result.best_valid["ndcg@10"], 4), "test_ndcg@10": round(test["ndcg@10"], 4)}
+    """Train the student of `cfg` in process; valid (selection) and test NDCG@10 of its best epoch."""
+    result = train_local(cfg, "distill", load_or_prepare(cfg.data, progress=False), test=True)
+    return {"valid_ndcg@10": round(result.valid["ndcg@10"], 4), "test_ndcg@10": round(result.test["ndcg@10"], 4)}
 
 
 def main() -> None:

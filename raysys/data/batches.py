@@ -1,26 +1,27 @@
-"""Fixed-length batches from item sequences: left padding, truncation, next-item and Cloze targets,
-training windows and click-prediction pairs.
+"""Fixed-length batches from item sequences: left padding, truncation, training rows (windows),
+next-item and Cloze targets.
 
 Everything is vectorised numpy over one flat array of items plus per-sequence lengths (offsets
 arithmetic); the only Python loop is the one `np.concatenate` makes over the sequences. Randomness
-comes from a `numpy.random.Generator`, so a batch is reproducible from its seed. The builders take
-lists of arrays (local) or Ray Data numpy batches (`windows_from_ray_batch`, `ctr_pairs_from_ray_batch`).
+comes from a `numpy.random.Generator`, so a batch is reproducible from its seed.
 
-Batch formats (int64 item indices, 0 = pad / ignore, 1 = mask):
-    windows          [W, max_len + 1]  left-padded training windows (`training_windows`)
+Training rows (`TrainingRows`) are slices of one flat array of training items, cut into fixed-width
+left-padded arrays only when a batch takes them: a rank holds its users' items once, whatever the
+number of rows cut from them. Batch formats (int64 item indices, 0 = pad / ignore, 1 = mask):
+    windows          [W, max_len + 1]  left-padded training windows (`window_rows`, `training_windows`)
     next_item_batch  {"input_ids" [B, L], "labels" [B, L]: the item after each position}
     cloze_batch      {"input_ids" [B, L] with MASK_INDEX at masked positions,
                       "labels" [B, L]: the original item at masked positions}
     pretrain_batch   next-item keys + "cloze_input_ids", "cloze_labels" when the masked weight > 0
-    ctr_pairs        {"input_ids" [P, L] histories, "candidates" [P], "labels" [P] float32 1 / 0}
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from raysys.config import PretrainConfig
 from raysys.data.dataset import FIRST_ITEM_INDEX, MASK_INDEX, PAD_INDEX
@@ -53,15 +54,89 @@ def _left_padded_slices(flat: np.ndarray, start: np.ndarray, end: np.ndarray, wi
     return np.where(valid, flat[np.clip(idx, 0, flat.size - 1)], PAD_INDEX).astype(np.int64, copy=False)
 
 
-def _windows_from_flat(flat: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndarray:
-    """Training windows of max_len + 1 items, cut from the end of each sequence (see `training_windows`)."""
+def _window_bounds(lengths: np.ndarray, offsets: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) into the flat items of each training window of max_len + 1 items (see `training_windows`)."""
     has_label = lengths >= 2
     counts = np.where(has_label, -(-(lengths - 1) // max_len), 0)  # ceil((n - 1) / max_len)
     seq = np.repeat(np.arange(len(lengths)), counts)
     back = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0 = most recent window
     end = offsets[seq] + lengths[seq] - back * max_len  # exclusive
     start = np.maximum(offsets[seq], end - (max_len + 1))
-    return _left_padded_slices(flat, start, end, max_len + 1)
+    return start, end
+
+
+@dataclass(frozen=True)
+class SequenceParts:
+    """The training parts of some users' sequences, flattened: user u's items are
+    flat[offsets[u] : offsets[u] + lengths[u]], chronological."""
+
+    flat: np.ndarray  # [T] int64 item indices
+    lengths: np.ndarray  # [U] int64
+    offsets: np.ndarray  # [U] int64
+    ratings: np.ndarray | None = None  # [T] float32, aligned with flat, when the log has ratings
+
+
+def training_parts(table: pa.Table) -> SequenceParts:
+    """The training parts (items[:train_len]) of a prepared sequences table's rows, in row order.
+
+    table: columns "items" (list<int32>), "train_len" and, optionally, "ratings" (list<float32>).
+    """
+    items = _list_values(table["items"], np.int64)
+    lengths = np.diff(items[1]) if len(items[1]) else np.zeros(0, np.int64)
+    train_len = np.minimum(table["train_len"].to_numpy().astype(np.int64), lengths)
+    position = np.arange(items[0].size) - np.repeat(items[1][:-1], lengths)
+    keep = position < np.repeat(train_len, lengths)
+    ratings = None
+    if "ratings" in table.column_names:
+        ratings = _list_values(table["ratings"], np.float32)[0][keep]
+    return SequenceParts(items[0][keep], train_len, np.cumsum(train_len) - train_len, ratings)
+
+
+def sequence_parts(
+    sequences: Sequence[np.ndarray] | np.ndarray, ratings: Sequence[np.ndarray] | None = None
+) -> SequenceParts:
+    """Whole sequences (and their per-item ratings) as the training parts of as many users."""
+    flat, lengths, offsets = _flatten(sequences)
+    flat_ratings = None
+    if ratings is not None:
+        flat_ratings = np.concatenate(list(ratings)).astype(np.float32) if flat.size else np.zeros(0, np.float32)
+    return SequenceParts(flat, lengths, offsets, flat_ratings)
+
+
+def _list_values(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """A list column -> (all values as `dtype`, offsets [rows + 1] from 0)."""
+    array = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    values = array.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return values, offsets - (offsets[0] if len(offsets) else 0)
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """Training examples as left-padded slices flat[start:end] of `width` items, plus per-row columns.
+
+    `take(rows)` cuts the chosen rows: (slices [len(rows), width] int64, {name: column[rows]}).
+    """
+
+    flat: np.ndarray  # [T] int64 training items
+    start: np.ndarray  # [R] int64
+    end: np.ndarray  # [R] int64, exclusive; end - start <= width
+    width: int
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [R] per-row values
+    num_items: int = 0  # the item index space, for tasks that draw items (0: not given)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        slices = _left_padded_slices(self.flat, self.start[rows], self.end[rows], self.width)
+        return slices, {name: values[rows] for name, values in self.columns.items()}
+
+
+def window_rows(parts: SequenceParts, max_len: int) -> TrainingRows:
+    """The training windows of max_len + 1 items of `parts` (see `training_windows`) as rows."""
+    start, end = _window_bounds(parts.lengths, parts.offsets, max_len)
+    return TrainingRows(parts.flat, start, end, max_len + 1)
 
 
 def training_windows(sequences: Sequence[np.ndarray] | np.ndarray, max_len: int) -> np.ndarray:
@@ -71,28 +146,8 @@ def training_windows(sequences: Sequence[np.ndarray] | np.ndarray, max_len: int)
     every item except each sequence's first is a next-item label exactly once. Short sequences
     and the oldest window are left-padded; sequences with < 2 items give no window.
     """
-    flat, lengths, offsets = _flatten(sequences)
-    return _windows_from_flat(flat, lengths, offsets, max_len)
-
-
-def _training_parts(batch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A sequences-table batch (columns items, train_len, optional ratings) -> flat training items,
-    their ratings (or an empty array), lengths and offsets, keeping items[:train_len] of each row."""
-    flat, lengths, offsets = _flatten(batch["items"])
-    train_len = np.minimum(np.asarray(batch["train_len"], dtype=np.int64), lengths)
-    position = np.arange(flat.size) - np.repeat(offsets, lengths)
-    keep = position < np.repeat(train_len, lengths)
-    ratings = np.zeros(0, np.float32)
-    if "ratings" in batch and batch["ratings"] is not None:
-        ratings = np.concatenate(list(batch["ratings"])).astype(np.float32)[keep] if flat.size else ratings
-    return flat[keep], ratings, train_len, np.cumsum(train_len) - train_len
-
-
-def windows_from_ray_batch(batch: Mapping[str, Any], max_len: int) -> dict[str, np.ndarray]:
-    """Ray Data `map_batches` function: a batch of the prepared sequences table (columns "items":
-    arrays / lists, "train_len") -> {"window": [W, max_len + 1]} windows of the training parts."""
-    flat, _, lengths, offsets = _training_parts(batch)
-    return {"window": _windows_from_flat(flat, lengths, offsets, max_len)}
+    rows = window_rows(sequence_parts(sequences), max_len)
+    return rows.take(np.arange(len(rows)))[0]
 
 
 def next_item_batch(windows: np.ndarray) -> dict[str, np.ndarray]:
@@ -131,116 +186,10 @@ def pretrain_batch(windows: np.ndarray, cfg: PretrainConfig, rng: np.random.Gene
     return batch
 
 
-def _sampled_items(positives: np.ndarray, num_items: int, rng: np.random.Generator) -> np.ndarray:
+def sampled_items(positives: np.ndarray, num_items: int, rng: np.random.Generator) -> np.ndarray:
     """One uniform real item per positive, never equal to it (a collision moves to the next item)."""
     num_real = num_items - FIRST_ITEM_INDEX
     draws = rng.integers(FIRST_ITEM_INDEX, num_items, size=positives.shape)
     collide = draws == positives
     draws[collide] = (draws[collide] - FIRST_ITEM_INDEX + 1) % num_real + FIRST_ITEM_INDEX
     return draws
-
-
-def _ctr_pairs_from_flat(
-    flat: np.ndarray,
-    ratings: np.ndarray,
-    lengths: np.ndarray,
-    offsets: np.ndarray,
-    max_len: int,
-    num_items: int,
-    rng: np.random.Generator,
-    rating_threshold: float,
-    negatives_per_click: int,
-) -> dict[str, np.ndarray]:
-    position = np.arange(flat.size) - np.repeat(offsets, lengths)
-    target = np.flatnonzero(position >= 1)  # every item that has a history before it
-    start = np.maximum(np.repeat(offsets, lengths)[target], target - max_len)
-    histories = _left_padded_slices(flat, start, target, max_len)
-    candidates = flat[target]
-    labels = (ratings[target] >= rating_threshold) if ratings.size else np.ones(target.size, dtype=bool)
-    if labels.all():  # no explicit non-clicks in the log: sample them uniformly
-        histories = np.concatenate([histories] + [histories] * negatives_per_click)
-        negatives = [_sampled_items(candidates, num_items, rng) for _ in range(negatives_per_click)]
-        candidates = np.concatenate([candidates] + negatives)
-        labels = np.arange(candidates.size) < target.size
-    return {"input_ids": histories, "candidates": candidates.astype(np.int64), "labels": labels.astype(np.float32)}
-
-
-def ctr_pairs(
-    sequences: Sequence[np.ndarray] | np.ndarray,
-    max_len: int,
-    num_items: int,
-    rng: np.random.Generator,
-    ratings: Sequence[np.ndarray] | np.ndarray | None = None,
-    rating_threshold: float = 4.0,
-    negatives_per_click: int = 1,
-) -> dict[str, np.ndarray]:
-    """Labelled (history, candidate) pairs for click prediction, one per item that has a history.
-
-    With per-item `ratings` (aligned with `sequences`), an item rated >= `rating_threshold` is a
-    click (1) and one rated below is an explicit non-click (0). Without ratings, or when no rating
-    is below the threshold, every logged item is a click and `negatives_per_click` uniform items
-    (never the clicked one) with the same history are non-clicks.
-    Returns {"input_ids" [P, max_len], "candidates" [P], "labels" [P] float32}.
-    """
-    flat, lengths, offsets = _flatten(sequences)
-    flat_ratings = np.zeros(0, np.float32)
-    if ratings is not None and flat.size:
-        flat_ratings = np.concatenate(list(ratings)).astype(np.float32)
-    return _ctr_pairs_from_flat(
-        flat, flat_ratings, lengths, offsets, max_len, num_items, rng, rating_threshold, negatives_per_click
-    )
-
-
-def ctr_pairs_from_ray_batch(
-    batch: Mapping[str, Any],
-    max_len: int,
-    num_items: int,
-    rng: np.random.Generator,
-    rating_threshold: float = 4.0,
-    negatives_per_click: int = 1,
-) -> dict[str, np.ndarray]:
-    """`ctr_pairs` over the training parts of a sequences-table batch (columns "items", "train_len"
-    and, when the log has them, "ratings")."""
-    flat, ratings, lengths, offsets = _training_parts(batch)
-    return _ctr_pairs_from_flat(
-        flat, ratings, lengths, offsets, max_len, num_items, rng, rating_threshold, negatives_per_click
-    )
-
-
-def ctr_eval_pairs(
-    histories: Sequence[np.ndarray],
-    targets: np.ndarray,
-    target_ratings: np.ndarray | None,
-    max_len: int,
-    num_items: int,
-    rng: np.random.Generator,
-    rating_threshold: float = 4.0,
-) -> dict[str, np.ndarray]:
-    """Click-prediction examples of a held-out split: each user's history and held-out item.
-
-    With ratings, the held-out item is a click when rated >= `rating_threshold`, else a non-click.
-    Without ratings (or when every held-out item is a click) each held-out item is a click and one
-    uniform item (never it) with the same history is a non-click, so the AUC is defined.
-    Returns {"input_ids" [P, max_len], "candidates" [P], "labels" [P] float32}.
-    """
-    input_ids = pad_histories(histories, max_len)
-    candidates = np.asarray(targets, dtype=np.int64)
-    labels = np.ones(candidates.size, dtype=bool)
-    if target_ratings is not None:
-        labels = np.asarray(target_ratings) >= rating_threshold
-    if labels.all():
-        input_ids = np.concatenate([input_ids, input_ids])
-        candidates = np.concatenate([candidates, _sampled_items(candidates, num_items, rng)])
-        labels = np.arange(candidates.size) < targets.size
-    return {"input_ids": input_ids, "candidates": candidates, "labels": labels.astype(np.float32)}
-
-
-def ctr_rows_from_ray_batch(
-    batch: Mapping[str, Any], max_len: int, num_items: int, seed: int, rating_threshold: float, negatives_per_click: int
-) -> dict[str, np.ndarray]:
-    """Ray Data `map_batches` function: sequences-table batch -> click-prediction training rows.
-
-    The sampled non-clicks are seeded by the batch's first user, so an epoch's pairs are reproducible."""
-    first_user = int(np.asarray(batch["user_index"])[0]) if len(batch["user_index"]) else 0
-    rng = np.random.default_rng([seed, first_user])
-    return ctr_pairs_from_ray_batch(batch, max_len, num_items, rng, rating_threshold, negatives_per_click)

@@ -101,6 +101,11 @@ class PreparedDataset:
         table = pq.read_table(self.path / SEQUENCES_DIR, columns=read).sort_by("user_index")
         return table if columns is None else table.select(columns)
 
+    def sequences_schema(self, columns: list[str]) -> pa.Schema:
+        """The schema of those columns of the sequences table (read from a shard's footer, no data)."""
+        schema = pq.read_schema(next(iter(sorted((self.path / SEQUENCES_DIR).glob("*.parquet")))))
+        return pa.schema([schema.field(name) for name in columns])
+
     def ray_dataset(self, columns: list[str] | None = None):
         """The sequences as a Ray Dataset, streamed from the Parquet shards."""
         import ray.data

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from raysys.config import EvalConfig
 from raysys.data.batches import pad_histories
 from raysys.data.dataset import FIRST_ITEM_INDEX, PreparedDataset, SplitExamples
 from raysys.errors import RaysysError
+from raysys.eval.collectives import all_reduce, in_process_group, rank, world_size
 from raysys.eval.metrics import RankingSums, sampled_ranks, target_ranks, top_k_items
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # input_ids [B, L] long -> scores [B, num_items]
@@ -253,11 +253,6 @@ def check_ks(cfg: EvalConfig) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------ distribution
 
 
-def in_process_group() -> bool:
-    """Whether a torch.distributed process group is initialised (e.g. inside a Ray Train worker)."""
-    return dist.is_available() and dist.is_initialized()
-
-
 def resolve_sync(sync: bool | None) -> bool:
     """None -> whether a process group is initialised; True without one is an error."""
     if sync is None:
@@ -271,16 +266,12 @@ def local_rows(num_examples: int, sync: bool, presharded: bool) -> np.ndarray:
     """The example positions this process scores: a strided 1/world_size share when it syncs over a
     process group and was handed everything, else all of them."""
     if sync and not presharded:
-        return np.arange(dist.get_rank(), num_examples, dist.get_world_size())
+        return np.arange(rank(), num_examples, world_size())
     return np.arange(num_examples)
 
 
 def all_reduce_sums(sums: dict[str, RankingSums]) -> dict[str, RankingSums]:
     """Sum partial RankingSums over every rank with ONE all_reduce (all slices packed together)."""
     vectors = [part.to_vector() for part in sums.values()]
-    packed = torch.cat(vectors)
-    if dist.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
-        packed = packed.cuda()
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    pieces = torch.split(packed.cpu(), [len(v) for v in vectors])
+    pieces = torch.split(all_reduce(torch.cat(vectors)), [len(v) for v in vectors])
     return {name: part.from_vector(piece) for (name, part), piece in zip(sums.items(), pieces, strict=True)}

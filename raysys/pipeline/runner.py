@@ -26,7 +26,8 @@ from typing import Any
 from raysys import storage
 from raysys.config import Config, config_hash
 from raysys.errors import RaysysError
-from raysys.run import start_run, utc_now, write_json_atomic, write_summary
+from raysys.files import write_json_atomic
+from raysys.run import start_run, utc_now, write_summary
 
 SUMMARY = "summary.json"
 MARKER = "stage.json"  # written when a stage starts: which config hash its directory's work belongs to

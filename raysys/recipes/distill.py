@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from raysys.config import Config
-from raysys.data.prepare import load_or_prepare
-from raysys.models.export import export_model_dir
-from raysys.train.ray_train import fit
+from raysys.train.ray_train import fit_and_export
 
 DESCRIPTION = "distil the student from a pretrained teacher on Ray Train workers; exports DIR/model"
 
@@ -32,20 +30,5 @@ DESCRIPTION = "distil the student from a pretrained teacher on Ray Train workers
 def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Train the student on `cfg.data`, export the best epoch to out_dir/model; returns the summary."""
     start = time.perf_counter()
-    outcome = fit(cfg, "distill", out_dir)
-    dataset = load_or_prepare(cfg.data, progress=False)
-    model_dir = export_model_dir(
-        outcome.model,
-        out_dir / "model",
-        dataset,
-        kind="student",
-        model_cfg=cfg.student,
-        max_len=cfg.data.max_len,
-        metrics=outcome.metrics,
-    )
-    return {
-        "model_dir": str(model_dir),
-        "teacher": cfg.distill.teacher,
-        **outcome.summary(cfg.distill, out_dir),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    summary = fit_and_export(cfg, "distill", out_dir)
+    return {**summary, "teacher": cfg.distill.teacher, "seconds": round(time.perf_counter() - start, 2)}

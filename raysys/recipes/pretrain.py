@@ -21,39 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from raysys.config import Config
-from raysys.data.prepare import load_or_prepare
-from raysys.models.ctr import ClickModel
-from raysys.models.export import export_model_dir
-from raysys.train.ray_train import fit
+from raysys.train.ray_train import fit_and_export
 
-CLICK_MODEL_FILE = "click_model.safetensors"
 DESCRIPTION = "pretrain the teacher on Ray Train workers with DeepSpeed; exports DIR/model"
 
 
 def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Train the teacher on `cfg.data`, export the best epoch to out_dir/model; returns the summary."""
     start = time.perf_counter()
-    outcome = fit(cfg, "pretrain", out_dir)
-    dataset = load_or_prepare(cfg.data, progress=False)
-    model = outcome.model
-    if isinstance(model, ClickModel):
-        save_file(model.state_dict(), str(out_dir / CLICK_MODEL_FILE))
-        model = model.encoder
-    model_dir = export_model_dir(
-        model,
-        out_dir / "model",
-        dataset,
-        kind="teacher",
-        model_cfg=cfg.teacher,
-        max_len=cfg.data.max_len,
-        metrics=outcome.metrics,
-    )
-    return {
-        "model_dir": str(model_dir),
-        "task": cfg.pretrain.task,
-        **outcome.summary(cfg.pretrain, out_dir),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+    summary = fit_and_export(cfg, "pretrain", out_dir)
+    return {**summary, "task": cfg.pretrain.task, "seconds": round(time.perf_counter() - start, 2)}

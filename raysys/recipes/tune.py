@@ -12,7 +12,7 @@ Trial mode (`tune.trial_mode`). "direct" trains the student inside the trial pro
 launches a Ray Train run (workers, DeepSpeed, gloo, a Ray Data pipeline) from each trial. "direct" is
 the default: it is the only mode PBT can use (checkpoints restored with a changed config), and on one
 machine it pays no per-trial trainer start-up or gradient all-reduce. Measured on ml-100k on the
-2-core machine (`python jobs/bench_tune.py --modes`, one trial of 8 epochs, the same values): direct
+2-core machine (`python jobs/bench/tuning.py --modes`, one trial of 8 epochs, the same values): direct
 134 s, ray_train 133 s (2 workers of 0.5 CPU) -- the same wall time, but ray_train's 2 x 128 global
 batch takes half the optimizer steps per epoch and reached valid NDCG@10 0.064 against direct's
 0.082. On a cluster, "ray_train" lets one trial span several nodes and GPUs.
@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from raysys.config import Config
+from raysys.data.prepare import load_or_prepare
 from raysys.errors import RaysysError
 from raysys.tune.results import trial_table, write_best_config, write_plots, write_table
 from raysys.tune.search import experiment_dir, run_search
-from raysys.tune.trainable import METRIC
+from raysys.tune.trainable import objective
 
 DESCRIPTION = "search lr, weight decay, loss weights, KD temperature and dropout with Ray Tune; writes DIR/best.yaml"
 
@@ -42,12 +43,11 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace | None = None) -> d
     start = time.perf_counter()
     dashboard = start_ray()
     print(f"raysys tune: Ray dashboard at {dashboard or '(not running)'}", flush=True)
-    grid = run_search(cfg, out_dir)
+    grid = run_search(cfg, out_dir, load_or_prepare(cfg.data, progress=False))
     table = trial_table(grid, cfg)
-    if table["best_valid_ndcg@10"].isna().all():
-        raise RaysysError(
-            "no trial reported a validation NDCG@10", where=str(out_dir / "tune"), hint=_first_error(grid)
-        )
+    metric = objective(cfg)
+    if table[f"best_{metric}"].isna().all():
+        raise RaysysError(f"no trial reported {metric}", where=str(out_dir / "tune"), hint=_first_error(grid))
     best_cfg, best_path = write_best_config(table, cfg, out_dir)
     results_path = write_table(table, out_dir)
     plots = write_plots(grid, table, cfg, out_dir)
@@ -56,7 +56,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace | None = None) -> d
         "best_config": str(best_path),
         "best": {
             "trial_id": best["trial_id"],
-            METRIC: float(best["best_valid_ndcg@10"]),
+            metric: float(best[f"best_{metric}"]),
             "values": {key: _plain(best[key]) for key in cfg.tune.space if key in best},
         },
         "trials": {

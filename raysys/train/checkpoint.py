@@ -1,12 +1,13 @@
-"""Training checkpoints: what a Ray Train checkpoint directory holds, how it is sealed, how resume picks one.
+"""Training checkpoints: what a checkpoint directory holds, how it is written and sealed, how resume
+picks one and loads it. Ray Train workers and direct Tune trials write the same layout; each epoch's
+checkpoint goes to `ray.train.report` / `tune.report` (under the Ray run directory,
+`checkpoint_step<global step>`; every rank writes its own files into a local folder and Ray merges the
+folders on upload):
 
-Layout of one checkpoint (`checkpoint_step<global step>` under the Ray run directory; every rank
-writes its own files into a local folder and Ray merges the folders on upload):
-
-    deepspeed/ds/...           DeepSpeed `save_checkpoint` (model, optimizer, lr schedule; ZeRO shards per rank)
-    deepspeed/latest           DeepSpeed's tag file (rank 0)
-    train_state.json           rank 0: epoch, global step, best epoch and its valid metrics, epochs
-                               without improvement, the history records so far
+    deepspeed/ds/..., latest   DeepSpeed `save_checkpoint` (model, optimizer, lr schedule; ZeRO shards per rank)
+      or training_state.pt     the plain engine's modules, AdamW, lr schedule and step count
+    train_state.json           rank 0: `TrainState` (epoch, step, best epoch and its valid metrics, epochs
+                               without improvement, the history records so far)
     best_model.safetensors     rank 0: consolidated weights of the best epoch so far
     manifest-rank<r>.json      written LAST by rank r: every file rank r wrote, with its size; its node
 
@@ -19,15 +20,19 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from raysys.run import write_json_atomic
+import torch
+
+from raysys.files import write_json_atomic
+from raysys.train.state import TrainState
 
 logger = logging.getLogger(__name__)
 
-DEEPSPEED_DIR = "deepspeed"
-DEEPSPEED_TAG = "ds"
 STATE_FILE = "train_state.json"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
 MANIFEST_PREFIX = "manifest-rank"
@@ -95,9 +100,9 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted((p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()), reverse=True)
 
 
-def read_state(ckpt_dir: Path) -> dict[str, Any]:
+def read_state(ckpt_dir: str | Path) -> dict[str, Any]:
     """The training state rank 0 saved in a (complete) checkpoint."""
-    return json.loads((ckpt_dir / STATE_FILE).read_text())
+    return json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -107,3 +112,37 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
         return None
     ok = isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) and "world_size" in manifest
     return manifest if ok else None
+
+
+@contextmanager
+def written(
+    engine: Any, state: TrainState, best_weights: dict[str, torch.Tensor], *, rank: int = 0, world_size: int = 1
+) -> Iterator[Path]:
+    """A temporary folder holding this rank's part of a checkpoint, sealed by its manifest (yields its path)."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="raysys-ckpt-") as tmp:
+        folder = Path(tmp)
+        engine.save(folder)
+        if rank == 0:
+            save_file(best_weights, str(folder / BEST_WEIGHTS_FILE))
+            write_json_atomic(folder / STATE_FILE, state.to_dict())
+        write_manifest(folder, rank, world_size, state.step, _node_id())
+        yield folder
+
+
+def load(engine: Any, ckpt_dir: Path) -> tuple[TrainState, dict[str, torch.Tensor]]:
+    """Load a complete checkpoint into `engine`; returns its training state (with this resume noted)
+    and the best weights so far."""
+    from safetensors.torch import load_file
+
+    engine.load(ckpt_dir)
+    state = TrainState.from_dict(read_state(ckpt_dir))
+    state.resumed_from.append(state.step)
+    return state, load_file(str(ckpt_dir / BEST_WEIGHTS_FILE))
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None

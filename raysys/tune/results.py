@@ -14,7 +14,7 @@ import pandas as pd
 
 from raysys.config import Config
 from raysys.tune.space import searched_values, trial_config
-from raysys.tune.trainable import METRIC
+from raysys.tune.trainable import objective
 
 RESULTS_FILE = "results.csv"
 BEST_CONFIG_FILE = "best.yaml"
@@ -22,46 +22,47 @@ PLOTS_DIR = "plots"
 
 
 def trial_table(grid, cfg: Config) -> pd.DataFrame:
-    """One row per trial: id, status, best and last valid NDCG@10, epochs run, seconds, exploits,
-    and the trial's searched values (its final ones under PBT); sorted best first."""
-    rows = [_trial_row(result, cfg) for result in grid]
-    table = pd.DataFrame(rows)
-    return table.sort_values("best_valid_ndcg@10", ascending=False, na_position="last").reset_index(drop=True)
+    """One row per trial: id, status, best and last objective (`best_valid_ndcg@10`, `last_valid_ndcg@10`
+    for a ranking task), epochs run, seconds, exploits, and the trial's searched values (its final ones
+    under PBT); sorted best first."""
+    metric = objective(cfg)
+    table = pd.DataFrame([_trial_row(result, cfg, metric) for result in grid])
+    return table.sort_values(f"best_{metric}", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def _trial_row(result, cfg: Config) -> dict[str, Any]:
-    history = _history(result)
+def _trial_row(result, cfg: Config, metric: str) -> dict[str, Any]:
+    history = _history(result, metric)
     row: dict[str, Any] = {
         "trial_id": _trial_id(result),
         "status": "ERROR" if result.error is not None else "TERMINATED",
-        "best_valid_ndcg@10": float(history[METRIC].max()) if len(history) else float("nan"),
-        "last_valid_ndcg@10": float(history[METRIC].iloc[-1]) if len(history) else float("nan"),
-        "best_iteration": int(history.loc[history[METRIC].idxmax(), "training_iteration"]) if len(history) else 0,
+        f"best_{metric}": float(history[metric].max()) if len(history) else float("nan"),
+        f"last_{metric}": float(history[metric].iloc[-1]) if len(history) else float("nan"),
+        "best_iteration": int(history.loc[history[metric].idxmax(), "training_iteration"]) if len(history) else 0,
         "iterations": int(history["training_iteration"].max()) if len(history) else 0,
         "seconds": round(float(result.metrics.get("time_total_s", 0.0)), 2),
         "exploits": int(result.metrics.get("exploits", 0) or 0),
     }
-    row.update(_values_at_best(result, history, cfg))
+    row.update(_values_at_best(result, history, cfg, metric))
     row["trial_dir"] = str(result.path)
     return row
 
 
-def _values_at_best(result, history: pd.DataFrame, cfg: Config) -> dict[str, Any]:
+def _values_at_best(result, history: pd.DataFrame, cfg: Config, metric: str) -> dict[str, Any]:
     """The searched values in effect when the trial reported its best objective: under PBT a trial's
     config changes during the run, and its final config is not the one that scored best."""
     values = searched_values(result.config, cfg.tune)
     if len(history):
-        best = history.loc[history[METRIC].idxmax()]
+        best = history.loc[history[metric].idxmax()]
         values.update({key: best[f"config/{key}"] for key in cfg.tune.space if f"config/{key}" in history})
     return values
 
 
-def _history(result) -> pd.DataFrame:
+def _history(result, metric: str) -> pd.DataFrame:
     """The trial's reports that carry the objective (empty when it reported none)."""
     frame = result.metrics_dataframe
-    if frame is None or METRIC not in frame:
-        return pd.DataFrame(columns=[METRIC, "training_iteration", "timestamp"])
-    return frame.dropna(subset=[METRIC]).reset_index(drop=True)
+    if frame is None or metric not in frame:
+        return pd.DataFrame(columns=[metric, "training_iteration", "timestamp"])
+    return frame.dropna(subset=[metric]).reset_index(drop=True)
 
 
 def _trial_id(result) -> str:
@@ -101,11 +102,13 @@ def write_plots(grid, table: pd.DataFrame, cfg: Config, out_dir: Path) -> list[P
 
     folder = out_dir / PLOTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [_plot_over_time(plt, grid, folder / "objective_over_time.png")]
+    metric = objective(cfg)
+    paths = [_plot_over_time(plt, grid, metric, folder / "objective_over_time.png")]
     stage = cfg.tune.stage
     for key, name in ((f"{stage}.lr", "lr"), ("distill.lambda_kd", "lambda_kd")):
         values = _resolved_values(table, cfg, key)
-        paths.append(_plot_against(plt, values, table["best_valid_ndcg@10"], key, folder / f"objective_vs_{name}.png"))
+        best = table[f"best_{metric}"]
+        paths.append(_plot_against(plt, values, best, key, metric, folder / f"objective_vs_{name}.png"))
     return paths
 
 
@@ -117,26 +120,26 @@ def _resolved_values(table: pd.DataFrame, cfg: Config, key: str) -> pd.Series:
     return pd.Series([getattr(getattr(cfg, section), field)] * len(table))
 
 
-def _plot_over_time(plt, grid, path: Path) -> Path:
+def _plot_over_time(plt, grid, metric: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
-    histories = [(_trial_id(result), _history(result)) for result in grid]
+    histories = [(_trial_id(result), _history(result, metric)) for result in grid]
     starts = [h["timestamp"].min() - h["time_this_iter_s"].iloc[0] for _, h in histories if "time_this_iter_s" in h]
     t0 = min(starts) if starts else 0.0
     for trial_id, history in histories:
         if len(history):
-            ax.plot(history["timestamp"] - t0, history[METRIC], marker="o", markersize=3, label=trial_id[-5:])
-    ax.set(xlabel="wall time since the search started (s)", ylabel=METRIC, title="objective per trial")
+            ax.plot(history["timestamp"] - t0, history[metric], marker="o", markersize=3, label=trial_id[-5:])
+    ax.set(xlabel="wall time since the search started (s)", ylabel=metric, title="objective per trial")
     if len(histories) <= 12:
         ax.legend(fontsize=7, title="trial")
     return _save(plt, fig, path)
 
 
-def _plot_against(plt, x: pd.Series, y: pd.Series, key: str, path: Path) -> Path:
+def _plot_against(plt, x: pd.Series, y: pd.Series, key: str, metric: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(x.astype(float), y.astype(float))
     if key.endswith(".lr"):
         ax.set_xscale("log")
-    ax.set(xlabel=key, ylabel=f"best {METRIC}", title=f"objective vs {key}")
+    ax.set(xlabel=key, ylabel=f"best {metric}", title=f"objective vs {key}")
     return _save(plt, fig, path)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from raysys.config import Config
+from raysys.data.dataset import PreparedDataset
 from raysys.errors import RaysysError
-from raysys.train.ray_train import stage_section
+from raysys.train.tasks import task_for
 from raysys.tune.space import check_space, config_point, param_space, pbt_mutations
-from raysys.tune.trainable import METRIC, make_trainable
+from raysys.tune.trainable import make_trainable, objective
 
 EXPERIMENT_NAME = "tune"  # the Tune experiment folder inside the run directory
 MODE = "max"
@@ -33,17 +34,18 @@ def experiment_dir(out_dir: Path) -> Path:
     return out_dir.resolve() / EXPERIMENT_NAME
 
 
-def run_search(cfg: Config, out_dir: Path, *, fail_once_at_epoch: int | None = None):
+def run_search(cfg: Config, out_dir: Path, dataset: PreparedDataset, *, fail_in_epoch: int | None = None):
     """Run (or resume) the search described by `cfg.tune` into `out_dir`; returns Tune's ResultGrid.
 
+    dataset: the prepared dataset of `cfg.data`, resolved once by the caller; every trial opens it.
     A run directory that already holds a restorable experiment is resumed with `Tuner.restore`:
     finished trials stay finished, unfinished and errored ones continue from their last checkpoint.
-    fail_once_at_epoch: fault injection for tests (see `make_trainable`).
+    fail_in_epoch: fault injection for tests (see `make_trainable`).
     """
     from ray import tune
 
     check_config(cfg)
-    trainable = make_trainable(cfg, fail_once_at_epoch=fail_once_at_epoch)
+    trainable = make_trainable(cfg, dataset, fail_in_epoch=fail_in_epoch)
     path = experiment_dir(out_dir)
     if tune.Tuner.can_restore(str(path)):
         log.warning("resuming the Tune experiment in %s", path)
@@ -70,7 +72,7 @@ def check_config(cfg: Config) -> None:
         )
     if tune_cfg.scheduler == "pbt" and tune_cfg.searcher not in ("random", "grid"):
         raise RaysysError("PBT explores by itself; it takes random or grid starting points", where="tune.searcher")
-    if tune_cfg.scheduler == "asha" and tune_cfg.grace_period > stage_section(cfg, tune_cfg.stage).epochs:
+    if tune_cfg.scheduler == "asha" and tune_cfg.grace_period > task_for(cfg, tune_cfg.stage).train_cfg.epochs:
         raise RaysysError("grace_period exceeds the stage's epochs", where="tune.grace_period")
 
 
@@ -79,7 +81,7 @@ def tune_config(cfg: Config):
     from ray import tune
 
     return tune.TuneConfig(
-        metric=METRIC,
+        metric=objective(cfg),
         mode=MODE,
         num_samples=cfg.tune.num_samples,
         search_alg=make_searcher(cfg),
@@ -96,7 +98,7 @@ def run_config(cfg: Config, out_dir: Path):
     from ray import tune
 
     # PBT restores a donor's checkpoint that may be several epochs old by then: keep them all.
-    keep = None if cfg.tune.scheduler == "pbt" else stage_section(cfg, cfg.tune.stage).num_to_keep
+    keep = None if cfg.tune.scheduler == "pbt" else task_for(cfg, cfg.tune.stage).train_cfg.num_to_keep
     return tune.RunConfig(
         name=EXPERIMENT_NAME,
         storage_path=str(out_dir.resolve()),
@@ -160,7 +162,7 @@ def make_scheduler(cfg: Config) -> Any:
     if tune_cfg.scheduler == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",
-            max_t=stage_section(cfg, tune_cfg.stage).epochs,
+            max_t=task_for(cfg, tune_cfg.stage).train_cfg.epochs,
             grace_period=tune_cfg.grace_period,
             reduction_factor=tune_cfg.reduction_factor,
         )

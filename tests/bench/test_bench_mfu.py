@@ -1,5 +1,5 @@
-"""jobs/bench_mfu.py: the FLOP count by hand, and the GPU benchmark's code path run on CPU (tiny model,
-one-process DeepSpeed engine, the Ray worker's `engine_step`)."""
+"""jobs/bench/mfu.py: the FLOP count by hand, and the GPU benchmark's code path run on CPU (tiny model,
+one-process DeepSpeed engine, the Ray worker's `micro_step` and step)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench_mfu():
-    spec = importlib.util.spec_from_file_location("bench_mfu", REPO / "jobs" / "bench_mfu.py")
+    spec = importlib.util.spec_from_file_location("bench_mfu", REPO / "jobs" / "bench" / "mfu.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -37,7 +37,7 @@ def test_bench_mfu_runs_the_worker_step_on_cpu(tmp_path: Path) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29533"}
     cmd = [
         sys.executable,
-        "jobs/bench_mfu.py",
+        "jobs/bench/mfu.py",
         "--device",
         "cpu",
         "--tiny",
@@ -63,7 +63,7 @@ def test_bench_mfu_without_a_gpu_says_so(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     done = subprocess.run(
-        [sys.executable, "jobs/bench_mfu.py", "--out", str(tmp_path)],
+        [sys.executable, "jobs/bench/mfu.py", "--out", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,

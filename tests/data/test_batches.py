@@ -1,20 +1,20 @@
-"""Batch builders: padding/truncation, windows, next-item labels, Cloze masking, CTR pairs."""
+"""Batch builders: padding/truncation, training parts and rows, windows, next-item labels, Cloze masking."""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from raysys.config import PretrainConfig
 from raysys.data.batches import (
     cloze_batch,
-    ctr_pairs,
-    ctr_pairs_from_ray_batch,
     next_item_batch,
     pad_histories,
     pretrain_batch,
+    training_parts,
     training_windows,
-    windows_from_ray_batch,
+    window_rows,
 )
 from raysys.data.dataset import MASK_INDEX
 
@@ -57,11 +57,29 @@ def test_next_item_labels_at_every_position() -> None:
     assert batch["labels"].tolist() == [[0, 0, 5, 6], [3, 4, 5, 6]]
 
 
-def test_ray_batch_windows_use_only_the_training_part() -> None:
-    items = np.empty(2, dtype=object)
-    items[:] = [np.array([2, 3, 4, 5, 6, 7], dtype=np.int32), np.array([8, 9, 10], dtype=np.int32)]
-    out = windows_from_ray_batch({"items": items, "train_len": np.array([4, 1])}, max_len=5)
-    assert out["window"].tolist() == [[0, 0, 2, 3, 4, 5]]  # [6, 7] are valid/test; [8] alone has no label
+def test_training_parts_keep_only_the_training_part_and_rows_cut_windows_from_it() -> None:
+    table = pa.table(
+        {
+            "items": pa.array([[2, 3, 4, 5, 6, 7], [8, 9, 10]], pa.list_(pa.int32())),
+            "train_len": pa.array([4, 1], pa.int32()),
+            "ratings": pa.array([[5, 4, 3, 2, 1, 1], [1, 2, 3]], pa.list_(pa.float32())),
+        }
+    ).slice(0, 2)
+    parts = training_parts(table)
+    assert parts.flat.tolist() == [2, 3, 4, 5, 8] and parts.lengths.tolist() == [4, 1]
+    assert parts.ratings.tolist() == [5, 4, 3, 2, 1]
+    rows = window_rows(parts, max_len=5)
+    windows, columns = rows.take(np.arange(len(rows)))
+    assert windows.tolist() == [[0, 0, 2, 3, 4, 5]] and columns == {}  # [6, 7] are valid/test; [8] has no label
+
+
+def test_window_rows_cut_the_same_windows_as_training_windows() -> None:
+    sequences = random_sequences(np.random.default_rng(4), 40, 30)
+    table = pa.table({"items": [s.tolist() for s in sequences], "train_len": [len(s) for s in sequences]})
+    rows = window_rows(training_parts(table), 7)
+    np.testing.assert_array_equal(rows.take(np.arange(len(rows)))[0], training_windows(sequences, 7))
+    picked = np.array([3, 0, 5])
+    np.testing.assert_array_equal(rows.take(picked)[0], training_windows(sequences, 7)[picked])
 
 
 def test_cloze_mask_rate_and_labels() -> None:
@@ -93,35 +111,6 @@ def test_batches_are_deterministic_given_the_seed() -> None:
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     assert set(pretrain_batch(windows, PretrainConfig(), np.random.default_rng(3))) == {"input_ids", "labels"}
-
-
-def test_ctr_pairs_with_explicit_low_ratings() -> None:
-    seqs = [np.array([2, 3, 4, 5]), np.array([6, 7])]
-    ratings = [np.array([5.0, 2.0, 4.0, 1.0]), np.array([3.0, 5.0])]
-    pairs = ctr_pairs(seqs, 3, 20, np.random.default_rng(0), ratings=ratings, rating_threshold=4.0)
-    assert pairs["input_ids"].tolist() == [[0, 0, 2], [0, 2, 3], [2, 3, 4], [0, 0, 6]]
-    assert pairs["candidates"].tolist() == [3, 4, 5, 7]
-    assert pairs["labels"].tolist() == [0.0, 1.0, 0.0, 1.0]
-
-
-def test_ctr_pairs_sample_negatives_without_ratings() -> None:
-    seqs = random_sequences(np.random.default_rng(0), 100, 20, num_items=30)
-    pairs = ctr_pairs(seqs, 5, 30, np.random.default_rng(1), negatives_per_click=2)
-    clicks = sum(max(len(s) - 1, 0) for s in seqs)
-    assert len(pairs["labels"]) == 3 * clicks and pairs["labels"].sum() == clicks
-    positives, negatives = pairs["candidates"][:clicks], pairs["candidates"][clicks:].reshape(2, clicks)
-    assert np.all(negatives != positives) and negatives.min() >= 2 and negatives.max() < 30
-    np.testing.assert_array_equal(pairs["input_ids"][clicks : 2 * clicks], pairs["input_ids"][:clicks])
-
-
-def test_ctr_pairs_from_ray_batch_keep_ratings_aligned() -> None:
-    items = np.empty(1, dtype=object)
-    items[0] = np.array([2, 3, 4, 5], dtype=np.int32)
-    ratings = np.empty(1, dtype=object)
-    ratings[0] = np.array([5.0, 1.0, 5.0, 1.0], dtype=np.float32)
-    batch = {"items": items, "ratings": ratings, "train_len": np.array([3])}
-    pairs = ctr_pairs_from_ray_batch(batch, 4, 10, np.random.default_rng(0))
-    assert pairs["candidates"].tolist() == [3, 4] and pairs["labels"].tolist() == [0.0, 1.0]
 
 
 @pytest.mark.parametrize("max_len", [1, 3, 50])

@@ -15,7 +15,7 @@ from raysys.config import load_config
 from raysys.models.export import load_model_dir
 from raysys.train.checkpoint import STATE_FILE, checkpoint_dirs, find_resume_checkpoint, incomplete_reason, read_state
 from raysys.train.history import read_history
-from raysys.train.ray_train import RAY_RUN_NAME, count_windows, fit, micro_batches_per_epoch
+from raysys.train.ray_train import RAY_RUN_NAME, fit
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -74,13 +74,12 @@ def test_worker_killed_mid_training_resumes_to_the_target_step(
     ray_train_session, tiny_config: Path, tmp_path: Path
 ) -> None:
     cfg = load_config(tiny_config, ["pretrain.epochs=3", "pretrain.max_failures=1"])
-    from raysys.data.prepare import load_or_prepare
-
-    per_epoch = micro_batches_per_epoch(count_windows(load_or_prepare(cfg.data, progress=False), 10), cfg.pretrain)
-    outcome = fit(cfg, "pretrain", tmp_path, fail_at_step=per_epoch + 1)  # rank 1 dies in epoch 2
+    outcome = fit(cfg, "pretrain", tmp_path, fail_in_epoch=2)  # rank 1 dies after epoch 2's first step
     assert (tmp_path / "injected_failure_done").exists()
+    per_epoch = len(outcome.history[0]["step_losses"])
     assert outcome.optimizer_steps == 3 * per_epoch and outcome.epochs_run == 3
     assert [r["epoch"] for r in read_history(tmp_path)] == [1, 2, 3]  # epoch 2 redone once, logged once
+    assert read_state(outcome.checkpoint)["resumed_from"] == [per_epoch]
 
 
 @pytest.mark.slow
@@ -192,7 +191,7 @@ def test_driver_killed_after_the_first_checkpoint_relaunches_and_resumes(tiny_co
     assert first.poll() is None, "the first run ended before it could be killed"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    killed_at = {read_state(c)["global_step"] for c in _complete_checkpoints(out)}
+    killed_at = {read_state(c)["step"] for c in _complete_checkpoints(out)}
     assert killed_at and not (out / "summary.json").exists()
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=420)

@@ -20,11 +20,13 @@ import yaml
 
 from raysys.cli import main
 from raysys.config import load_config
+from raysys.data.prepare import load_or_prepare
 from raysys.errors import RaysysError
+from raysys.train.checkpoint import read_state
 from raysys.tune.results import trial_table
 from raysys.tune.search import experiment_dir, run_search
 from raysys.tune.space import check_space, config_point, param_space, trial_config
-from raysys.tune.trainable import FAIL_MARKER, METRIC, direct_section, read_trial_state
+from raysys.tune.trainable import FAIL_MARKER, METRIC, direct_config, read_trial_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(300)
@@ -49,6 +51,11 @@ def tiny_config(tmp_path_factory, tiny_data: dict) -> Path:
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def dataset(cfg):
+    """The prepared dataset the tune stage resolves once and hands to every trial."""
+    return load_or_prepare(cfg.data, progress=False)
 
 
 # ------------------------------------------------------------------------------------ fast checks
@@ -86,7 +93,7 @@ def test_the_search_starts_from_the_config_values_when_they_lie_inside_the_space
 
 def test_a_direct_trial_trains_on_the_global_batch_of_the_ray_run_it_stands_for(tiny_config: Path) -> None:
     cfg = load_config(tiny_config, ["distill.num_workers=2", "distill.lr=0.004"])
-    section = direct_section(cfg)
+    section = direct_config(cfg).distill
     assert section.batch_size == 2 * 64 and section.lr == 0.004 and cfg.distill.batch_size == 64
 
 
@@ -131,13 +138,14 @@ def test_cli_grid_asha_writes_best_config_results_plots_and_tensorboard(
 @pytest.mark.slow
 def test_optuna_trial_that_raises_once_is_retried_and_completes(ray_session, tiny_config: Path, tmp_path: Path) -> None:
     cfg = load_config(tiny_config, ["tune.searcher=optuna", "tune.scheduler=none", "tune.max_failures=1"])
-    grid = run_search(cfg, tmp_path, fail_once_at_epoch=2)
+    grid = run_search(cfg, tmp_path, dataset(cfg), fail_in_epoch=2)
     assert len(grid) == 2 and grid.num_errors == 0
     for result in grid:
-        assert (Path(result.path) / FAIL_MARKER).exists()  # it did raise
+        assert (Path(result.path) / FAIL_MARKER).exists()  # its process did die
         history = result.metrics_dataframe
         assert result.metrics["training_iteration"] == 3 and list(history["epoch"]) == [1, 2, 3]
-        assert read_trial_state(result.checkpoint.path).epoch == 3  # resumed from epoch 1's checkpoint
+        state = read_state(result.checkpoint.path)
+        assert state["epoch"] == 3 and state["resumed_from"] == [state["history"][0]["step"]]  # from epoch 1
         assert 1e-3 <= result.config["distill.lr"] <= 2e-2  # TPE sampled inside the space
     starts = [r.config for r in grid if r.config["distill.lr"] == 5e-3 and r.config["distill.lambda_ssl"] == 0.1]
     assert len(starts) == 1  # tune.start_from_config: one trial ran the config's own values
@@ -155,7 +163,8 @@ def test_ray_train_trials_launch_a_trainer_and_report_through_tune(
         "distill.num_workers=1",
         "distill.cpus_per_worker=0.5",
     ]
-    grid = run_search(load_config(tiny_config, overrides), tmp_path)
+    cfg = load_config(tiny_config, overrides)
+    grid = run_search(cfg, tmp_path, dataset(cfg))
     assert len(grid) == 1 and grid.num_errors == 0
     result = grid[0]
     assert result.metrics["training_iteration"] == 2 and list(result.metrics_dataframe["epoch"]) == [1, 2]
@@ -179,23 +188,23 @@ def test_pbt_exploit_resumes_from_the_donors_checkpoint(ray_session, tiny_config
         "distill.schedule=constant",
     ]
     cfg = load_config(tiny_config, overrides)
-    grid = run_search(cfg, tmp_path)
+    grid = run_search(cfg, tmp_path, dataset(cfg))
     assert len(grid) == 2 and grid.num_errors == 0
     table = trial_table(grid, cfg)
     weak = next(r for r in grid if r.metrics_dataframe["lr"].iloc[0] == 1e-5)
     strong = next(r for r in grid if r is not weak)
     weak_id, strong_id = (r.metrics_dataframe["trial_id"].iloc[0] for r in (weak, strong))
 
-    state = read_trial_state(weak.checkpoint.path)  # the weak trial's own last checkpoint
-    assert state.trial_id == weak_id and state.epoch == 3
-    assert state.lineage == [{"from_trial": strong_id, "at_epoch": 2}]
+    identity = read_trial_identity(weak.checkpoint.path)  # the weak trial's own last checkpoint
+    assert identity.trial_id == weak_id and read_state(weak.checkpoint.path)["epoch"] == 3
+    assert identity.lineage == [{"from_trial": strong_id, "at_epoch": 2}]
     history = weak.metrics_dataframe
     assert list(history["epoch"]) == [1, 2, 3] and list(history["exploits"]) == [0, 0, 1]
     # Epoch 3 started from the donor's epoch-2 weights: it scores like the strong trial, not the weak one.
     assert history[METRIC].iloc[2] > history[METRIC].iloc[1] + 0.1
     # The restored optimizer runs at the trial's own explored lr (the donor's x1.2 or x0.8), not the donor's.
     assert math.isclose(history["lr"].iloc[2], weak.config["distill.lr"]) and weak.config["distill.lr"] != 1e-2
-    assert read_trial_state(strong.checkpoint.path).lineage == []
+    assert read_trial_identity(strong.checkpoint.path).lineage == []
     assert table.loc[table["trial_id"] == strong_id, "exploits"].item() == 0
 
 

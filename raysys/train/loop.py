@@ -1,0 +1,176 @@
+"""The one epoch loop. The in-process loop, a direct Tune trial and a Ray Train worker all call
+`train_epochs`; they differ only in their engine (`raysys.train.engines`) and in where `report` sends
+each epoch (a list, `tune.report`, `ray.train.report` with a checkpoint).
+
+The story of an epoch (`run_epoch`):
+
+    rng, generator = epoch_randomness(seed, epoch, rank)      # also seeds torch's global RNG (dropout)
+    order = rng.permutation(this rank's rows)[:num_rows]      # every rank trains the same number of rows
+    batches of batch_size in that order -> groups of grad_accum micro-batches (the last group may be short)
+    per micro-batch: task.batch(rows, indices, rng) -> task.loss -> backward(loss / len(group))
+    per group: engine.step() (clip, AdamW, lr schedule) -> fault injection
+    -> validation -> TrainState.advance -> report -> stop at `epochs` or after `patience` bad epochs
+
+Rules every driver shares, so a resumed run retraces an uninterrupted one step for step:
+- data order and every random draw of epoch e on rank r come from generators derived from
+  (seed, e, r), never from state carried across epochs;
+- a partial accumulation at an epoch's end is stepped, its gradient the mean of its micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from raysys.data.batches import TrainingRows, training_parts
+from raysys.errors import RaysysError
+from raysys.eval.collectives import max_over_ranks, mean_over_ranks, min_over_ranks, world_size
+from raysys.train.engines import DeepSpeedEngine, PlainEngine
+from raysys.train.state import TrainState, epoch_record
+from raysys.train.tasks import Task
+from raysys.train.tasks.base import Evaluate
+
+Engine = PlainEngine | DeepSpeedEngine
+Weights = dict[str, torch.Tensor]
+Report = Callable[[TrainState, Weights, dict[str, Any]], None]  # (state, best weights, record) after each epoch
+
+
+@dataclass(frozen=True)
+class FailureInjection:
+    """Kill this process once, right after the first optimizer step of epoch `epoch` on rank `rank`
+    (tests of resume and retries); the marker file, written first, makes it happen once per run."""
+
+    epoch: int
+    marker: Path
+    rank: int = 0
+
+    def __call__(self, epoch: int, rank: int) -> None:
+        if epoch == self.epoch and rank == self.rank and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+
+
+@dataclass
+class Run:
+    """Everything the loop trains with, built by the driver."""
+
+    task: Task
+    engine: Engine
+    rows: TrainingRows  # this rank's training rows
+    num_rows: int  # rows each rank trains per epoch (the smallest rank's count)
+    evaluate: Evaluate
+    rank: int = 0
+    fail: FailureInjection | None = None
+
+
+def epoch_randomness(seed: int, epoch: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The seeding rule: numpy draws (order, masks, sampled items) and torch draws (sampled negatives,
+    augmentations) of epoch `epoch` on rank `rank`; torch's global RNG (dropout) is seeded the same way."""
+    torch_seed = int(np.random.SeedSequence([seed, epoch, rank, 1]).generate_state(1)[0])
+    torch.manual_seed(torch_seed)
+    return np.random.default_rng([seed, epoch, rank]), torch.Generator().manual_seed(torch_seed)
+
+
+def table_rows(task: Task, table: pa.Table, num_items: int) -> tuple[TrainingRows, int]:
+    """This rank's rows from its users' rows of the sequences table (sorted by user, so the order does
+    not depend on how they were read), and the count every rank trains."""
+    rows = task.rows(training_parts(table.sort_by("user_index")), num_items)
+    num_rows = min_over_ranks(len(rows))
+    if num_rows == 0:
+        raise RaysysError(
+            f"a worker has no training rows ({len(rows)} here, {world_size()} workers)",
+            where=f"{task.section}.num_workers",
+            hint="use fewer workers, or check data.min_user_interactions",
+        )
+    return rows, num_rows
+
+
+def steps_per_epoch(num_rows: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps of an epoch of `num_rows` rows (a short last batch and group still count)."""
+    return math.ceil(math.ceil(num_rows / batch_size) / grad_accum)
+
+
+def train_epochs(run: Run, state: TrainState, best: Weights | None, report: Report, *, test: bool) -> Weights:
+    """Train from `state` (fresh or restored) until `epochs` or early stopping; returns the best weights.
+
+    test: evaluate the best weights on the test split after the last epoch (`state.test`).
+    """
+    cfg = run.task.train_cfg
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if state.finished(cfg.epochs, cfg.patience):
+            break
+        start = time.perf_counter()
+        terms = run_epoch(run, epoch)
+        weights = run.engine.weights()
+        model = run.engine.eval_model()
+        valid = run.evaluate(model, "valid")
+        record = epoch_record(epoch, run.engine.steps, terms, valid, time.perf_counter() - start)
+        if state.advance(record, valid, run.task.metric):
+            best = weights
+        if state.finished(cfg.epochs, cfg.patience) and test:
+            model.load_state_dict(best)
+            state.test = run.evaluate(model, "test")
+        report(state, best, record)
+    return best
+
+
+def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """One pass over this rank's rows (see the module docstring); returns the record's training terms."""
+    task, engine, cfg = run.task, run.engine, run.task.train_cfg
+    rng, generator = epoch_randomness(cfg.seed, epoch, run.rank)
+    order = rng.permutation(len(run.rows))[: run.num_rows]
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    engine.modules.train()
+    sums: dict[str, float] = defaultdict(float)
+    step_losses, grad_norms, targets, lr = [], [], 0, engine.lr()
+    start = time.perf_counter()
+    for first in range(0, len(batches), cfg.grad_accum):
+        group = batches[first : first + cfg.grad_accum]
+        group_loss = 0.0
+        for position, indices in enumerate(group):
+            arrays = task.batch(run.rows, indices, rng)
+            targets += task.targets(arrays)
+            terms = micro_step(engine, task, arrays, generator, 1.0 / len(group), position == len(group) - 1)
+            for name, value in terms.items():
+                sums[name] += value
+            group_loss += terms["loss"]
+        stepped = engine.step()
+        lr = stepped["lr"]
+        grad_norms.append(stepped["grad_norm"])
+        step_losses.append(group_loss / len(group))
+        if run.fail is not None and first == 0:
+            run.fail(epoch, run.rank)
+    seconds = max_over_ranks(time.perf_counter() - start)
+    local = {name: total / len(batches) for name, total in sorted(sums.items())}
+    local.update({f"step {i}": value for i, value in enumerate(step_losses)}, targets=float(targets))
+    means = mean_over_ranks(local)  # one all_reduce: every rank took the same number of steps
+    trained = means.pop("targets") * world_size()
+    return {
+        **{name: value for name, value in means.items() if not name.startswith("step ")},
+        "step_losses": [means[f"step {i}"] for i in range(len(step_losses))],
+        "grad_norm": float(np.mean(grad_norms)),
+        "lr": lr,
+        "train_seconds": round(seconds, 3),
+        "items_per_s": round(trained / max(seconds, 1e-9), 1),
+    }
+
+
+def micro_step(
+    engine: Engine, task: Task, arrays: dict[str, np.ndarray], generator: torch.Generator, scale: float, boundary: bool
+) -> dict[str, float]:
+    """One micro-batch: tensors on the engine's device, the task's loss, backward with the loss scaled
+    by `scale` (1 / the group's micro-batches); returns the loss terms as floats."""
+    batch = {key: torch.from_numpy(value).to(engine.device, non_blocking=True) for key, value in arrays.items()}
+    terms = task.loss(engine.modules, batch, generator)
+    engine.backward(terms["loss"], scale, boundary)
+    return {name: float(value.detach()) for name, value in terms.items()}

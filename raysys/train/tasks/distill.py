@@ -1,0 +1,83 @@
+"""The student's task: L = L_rec + λ_ssl·L_ssl + λ_kd·L_kd + λ_hidden·L_hidden from a frozen teacher.
+
+The teacher (`distill.teacher`, a model directory) runs forward on the same process as the student;
+the hidden alignment (a student -> teacher projection) is trained with the student when λ_hidden > 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from raysys.config import DistillConfig
+from raysys.data.batches import TrainingRows, next_item_batch
+from raysys.data.dataset import PreparedDataset
+from raysys.errors import RaysysError
+from raysys.models.common import SequenceModel
+from raysys.models.student import build_student
+from raysys.objectives.distillation import HiddenAlignment
+from raysys.objectives.joint import distill_loss
+from raysys.train.engines import TrainedModules
+from raysys.train.tasks.base import Batch, Task
+
+
+class DistillTask(Task):
+    """Distillation of the student from the frozen teacher."""
+
+    name = "distill"
+    model_section = "student"
+
+    def __init__(self, cfg, section: str = "distill") -> None:
+        super().__init__(cfg, section)
+        self.teacher: SequenceModel | None = None  # loaded by `attach`
+
+    @property
+    def train_cfg(self) -> DistillConfig:
+        return getattr(self.cfg, self.section)
+
+    def check(self, dataset: PreparedDataset) -> None:
+        from raysys.models.export import read_model_config
+
+        cfg = self.train_cfg
+        if cfg.teacher is None:
+            if cfg.lambda_kd > 0 or cfg.lambda_hidden > 0:
+                raise RaysysError(
+                    "distillation needs a teacher",
+                    where=f"{self.section}.teacher",
+                    hint=f"{self.section}.teacher=RUN/model, or {self.section}.lambda_kd=0",
+                )
+            return
+        teacher = read_model_config(Path(cfg.teacher))
+        if int(teacher["num_items"]) != dataset.num_items:
+            raise RaysysError(
+                f"the teacher scores {teacher['num_items']} items, the dataset has {dataset.num_items}",
+                where=f"{self.section}.teacher",
+                hint="distil on the dataset the teacher was trained on",
+            )
+
+    def build_model(self, num_items: int, text_emb: torch.Tensor | None) -> nn.Module:
+        return build_student(self.cfg.student, num_items, self.cfg.data.max_len, text_emb=text_emb)
+
+    def attach(self, model: nn.Module, device: torch.device | str) -> HiddenAlignment | None:
+        """Load the frozen teacher; the hidden alignment when λ_hidden > 0 (needs a teacher)."""
+        cfg = self.train_cfg
+        if not cfg.teacher or (cfg.lambda_kd <= 0 and cfg.lambda_hidden <= 0):
+            if cfg.lambda_kd > 0 or cfg.lambda_hidden > 0:
+                raise RaysysError("lambda_kd / lambda_hidden > 0 needs a teacher", where=f"{self.section}.teacher")
+            return None
+        from raysys.models.export import load_model_dir
+
+        self.teacher = load_model_dir(cfg.teacher, device=str(device)).model.eval().requires_grad_(False)
+        if cfg.lambda_hidden > 0:
+            return HiddenAlignment(model.hidden_size, self.teacher.hidden_size)
+        return None
+
+    def batch(self, rows: TrainingRows, indices: np.ndarray, rng: np.random.Generator) -> Batch:
+        windows, _ = rows.take(indices)  # [B, max_len + 1]
+        return next_item_batch(windows)
+
+    def loss(self, modules: TrainedModules, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict:
+        return distill_loss(modules.model, batch, self.train_cfg, self.teacher, modules.alignment, generator)

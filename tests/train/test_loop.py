@@ -1,0 +1,44 @@
+"""The loop's rules without a model: the seeding rule, steps per epoch, the training state's
+"improved" rule and stopping, and the history record's schema."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from raysys.train.loop import epoch_randomness, steps_per_epoch
+from raysys.train.state import TrainState, epoch_record, scalars
+
+
+def test_randomness_depends_on_seed_epoch_and_rank_only() -> None:
+    rng, generator = epoch_randomness(0, 2, 1)
+    first = (rng.permutation(10), torch.rand(3, generator=generator), torch.rand(3))  # the global RNG is seeded too
+    torch.rand(100)  # whatever ran before
+    rng, generator = epoch_randomness(0, 2, 1)
+    again = (rng.permutation(10), torch.rand(3, generator=generator), torch.rand(3))
+    assert np.array_equal(first[0], again[0]) and torch.equal(first[1], again[1]) and torch.equal(first[2], again[2])
+    other_epoch = epoch_randomness(0, 3, 1)[0].permutation(10)
+    other_rank = epoch_randomness(0, 2, 0)[0].permutation(10)
+    assert not np.array_equal(first[0], other_epoch) and not np.array_equal(first[0], other_rank)
+
+
+def test_steps_per_epoch_count_the_short_batch_and_group() -> None:
+    assert steps_per_epoch(100, 10, 3) == 4  # 10 batches: 3 + 3 + 3 + 1
+    assert steps_per_epoch(101, 10, 1) == 11 and steps_per_epoch(10, 10, 3) == 1
+
+
+def test_state_keeps_the_strictly_better_epoch_and_stops_on_patience() -> None:
+    state = TrainState()
+    values = [0.1, 0.3, 0.3, 0.2]
+    improved = []
+    for epoch, value in enumerate(values, start=1):
+        record = epoch_record(
+            epoch, 10 * epoch, {"loss": 1.0, "step_losses": [1.0]}, {"ndcg@10": value, "num_users": 5}, 1.0
+        )
+        improved.append(state.advance(record, {"ndcg@10": value}, "ndcg@10"))
+    assert improved == [True, True, False, False] and state.best_epoch == 2 and state.bad_epochs == 2
+    assert state.finished(epochs=10, patience=2) and not state.finished(epochs=10, patience=3)
+    last = state.history[-1]
+    assert last["best_epoch"] == 2 and last["best_valid_ndcg@10"] == 0.3 and "valid_num_users" not in last
+    assert last["step"] == 40 and "step_losses" not in scalars(last)
+    assert TrainState.from_dict(state.to_dict()) == state
