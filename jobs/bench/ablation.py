@@ -31,7 +31,8 @@ from typing import Any
 from raysys.config import Config, load_config
 from raysys.data.dataset import PreparedDataset
 from raysys.data.prepare import load_or_prepare
-from raysys.train.local import TrainOutcome, global_batch, train_local
+from raysys.train.local import global_batch, train_local
+from raysys.train.loop import TrainOutcome
 from raysys.train.tasks import Stage, task_for
 
 STUDENT_VARIANTS = {  # name -> (lambda_ssl on?, lambda_kd on?)

@@ -13,6 +13,12 @@ processes, of the time in `prepare_or_reuse` (finding, hashing and checking inpu
 outputs) and in `PreparedDataset.open` outside it. `--repo` runs another checkout's raysys (its
 package and config) under the same probe, so two commits compare side by side in one session.
 Writes resolution.json into --out and prints the median of the runs.
+
+ml-100k's inputs are small (one resolution hashes 6 files, a few MB). `--scale 5e6` also times one
+cache-hit resolution and one open of a synthetic log of that many interactions, in this process, to
+show what the same counts cost on a larger log:
+
+    python jobs/bench/dataset_resolution.py --runs 0 --scale 5e6 --out runs/bench_resolution-5m
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=REPO, help="the raysys checkout to run (default: this one)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=0, help="also time one resolution of a log this large")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_resolution"))
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="added to the search's overrides")
     return parser.parse_args()
@@ -87,14 +94,53 @@ def one_run(repo: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
     }
 
 
+def per_call(interactions: int, cache_dir: Path, repeats: int = 3) -> dict[str, Any]:
+    """Seconds of one cache-hit `load_or_prepare` and one `PreparedDataset.open` (median of `repeats`)
+    for a synthetic log of `interactions` (prepared first, once)."""
+    import ray
+
+    from raysys.config import DataConfig, SyntheticConfig
+    from raysys.data.dataset import PreparedDataset
+    from raysys.data.prepare import load_or_prepare
+
+    users = max(1000, interactions // 50)
+    synthetic = SyntheticConfig(num_users=users, num_items=max(1000, users // 10), num_interactions=interactions)
+    cfg = DataConfig(format="synthetic", synthetic=synthetic, cache_dir=str(cache_dir))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    path = load_or_prepare(cfg, progress=False).path
+    resolve, opened = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        load_or_prepare(cfg, progress=False)
+        resolve.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        PreparedDataset.open(path)
+        opened.append(time.perf_counter() - start)
+    ray.shutdown()
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return {
+        "interactions": interactions,
+        "prepared_bytes": size,
+        "resolve_seconds": round(statistics.median(resolve), 4),
+        "open_seconds": round(statistics.median(opened), 5),
+    }
+
+
 def main() -> None:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    if args.scale:
+        result["per_call"] = per_call(int(args.scale), args.out / "scale-cache")
+        print(json.dumps(result["per_call"]), flush=True)
     runs = []
     for i in range(args.runs):
         runs.append(one_run(args.repo.resolve(), (args.out / f"run-{i}").resolve(), args.overrides))
         print(json.dumps(runs[-1]), flush=True)
-    result = {
+    if not runs:
+        (args.out / "resolution.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
+    result |= {
         "repo": str(args.repo.resolve()),
         "commit": subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=args.repo, capture_output=True, text=True

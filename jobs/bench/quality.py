@@ -24,7 +24,7 @@ from raysys.bench.commands import run_stage
 from raysys.files import write_json_atomic
 from raysys.run import utc_now
 
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
+PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers"
 TEACHER_VS_PEER, STUDENT_VS_PEER, STUDENT_VS_TEACHER = 1.2, 1.1, 0.95
 METRICS = ["ndcg@10", "hr@10", "mrr@10"]
 

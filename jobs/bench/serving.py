@@ -44,7 +44,7 @@ SUSTAINED_P99_MS = 250.0  # above it the queue is growing within the run: the ra
 NUM_USERS = 2000
 MODEL = StudentConfig(hidden_size=64, num_layers=2, num_heads=2, dropout=0.0)  # the default student shape
 MAX_LEN = 50
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 
 
 def parse_args() -> argparse.Namespace:

@@ -33,7 +33,7 @@ from raysys.bench.commands import TimedRun, run_stage
 from raysys.files import write_json_atomic
 from raysys.run import utc_now
 
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "peers"
+PEERS = Path(__file__).resolve().parents[3] / "shared" / "peers"
 TARGET_SPEEDUP = 10.0
 
 

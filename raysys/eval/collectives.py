@@ -46,10 +46,12 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
 
 
 def max_over_ranks(value: float) -> float:
-    """The largest `value` over the ranks (the slowest rank sets an epoch's time)."""
-    return float(all_reduce(torch.tensor([value], dtype=torch.float64), "max")[0])
+    """The largest `value` over the ranks (the slowest rank sets an epoch's time; the largest shard
+    sets the rows every rank trains). An int stays an int."""
+    largest = all_reduce(torch.tensor([value], dtype=torch.float64), "max")[0]
+    return int(largest) if isinstance(value, int) else float(largest)
 
 
 def min_over_ranks(value: int) -> int:
-    """The smallest `value` over the ranks (every rank trains as many rows as the smallest shard)."""
+    """The smallest `value` over the ranks (whether some rank has no rows at all)."""
     return int(all_reduce(torch.tensor([value], dtype=torch.int64), "min")[0])

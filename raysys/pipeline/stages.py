@@ -201,7 +201,7 @@ def _export_models(runner: StageRunner, stage_dir: Path) -> dict[str, Any]:
     models = {}
     for name in SHIPPED:
         target = stage_dir / name
-        shutil.copytree(runner.root / name / MODEL_DIR, target)
+        shutil.copytree(runner.root / name / MODEL_DIR, target, dirs_exist_ok=True)  # over a cut-short copy
         loaded = load_model_dir(target)
         models[name] = {
             "path": runner.location(EXPORT_DIR, name),

@@ -10,66 +10,17 @@ user (this process is rank 0 of 1), the plain engine. The loop itself is `raysys
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from raysys.config import Config
 from raysys.data.dataset import PreparedDataset
 from raysys.train.engines import PlainEngine
-from raysys.train.history import HISTORY_FILE
-from raysys.train.loop import Run, steps_per_epoch, table_rows, train_epochs
+from raysys.train.loop import Run, TrainOutcome, steps_per_epoch, table_rows, train_epochs
 from raysys.train.state import TrainState
 from raysys.train.tasks import Stage, Task, task_for
-from raysys.train.tasks.base import build_modules, seen_items_for
-
-
-@dataclass
-class TrainOutcome:
-    """What a training driver returns: the best epoch's model (plain module, eval mode) and its figures."""
-
-    model: nn.Module
-    valid: dict[str, float]
-    test: dict[str, float] | None
-    best_epoch: int
-    epochs_run: int
-    optimizer_steps: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    checkpoint: Path | None = None  # the Ray checkpoint the model came from (Ray Train runs)
-
-    @classmethod
-    def from_state(cls, model: nn.Module, state: TrainState, checkpoint: Path | None = None) -> TrainOutcome:
-        """The outcome of a finished run: `model` holds the best weights (set to eval mode here)."""
-        return cls(
-            model=model.eval(),
-            valid=state.best_valid,
-            test=state.test,
-            best_epoch=state.best_epoch,
-            epochs_run=state.epoch,
-            optimizer_steps=state.step,
-            history=state.history,
-            checkpoint=checkpoint,
-        )
-
-    @property
-    def metrics(self) -> dict[str, dict[str, float]]:
-        """{"valid": ..., "test": ...}: what the exported model directory and summary.json carry."""
-        return {"valid": self.valid, "test": self.test or {}}
-
-    def summary(self, task: Task, out_dir: Path) -> dict[str, Any]:
-        """The run's entries of summary.json: metrics, epochs, steps, workers, ZeRO stage, history file."""
-        return {
-            "metrics": self.metrics,
-            "best_epoch": self.best_epoch,
-            "epochs_run": self.epochs_run,
-            "optimizer_steps": self.optimizer_steps,
-            "num_workers": task.train_cfg.num_workers,
-            "zero_stage": task.train_cfg.zero_stage,
-            "history": str(out_dir / HISTORY_FILE),
-        }
+from raysys.train.tasks.base import build_modules
 
 
 def global_batch(cfg: Config, stage: Stage) -> Config:
@@ -89,7 +40,7 @@ def local_run(task: Task, dataset: PreparedDataset, text_emb: torch.Tensor | Non
     """The task set up in this process on every user's rows: seeded modules, plain engine, evaluator."""
     task.check(dataset)
     text_emb = text_emb if text_emb is not None else task.text_emb(dataset)
-    modules = build_modules(task, dataset.num_items, text_emb, seen_items_for(task, dataset, text_emb))
+    modules = build_modules(task, dataset, text_emb)
     rows, num_rows = table_rows(task, dataset.sequences(task.columns(dataset)), dataset.num_items)
     cfg = task.train_cfg
     engine = PlainEngine(modules, cfg, cfg.epochs * steps_per_epoch(num_rows, cfg.batch_size, cfg.grad_accum))

@@ -5,7 +5,7 @@ each epoch (a list, `tune.report`, `ray.train.report` with a checkpoint).
 The story of an epoch (`run_epoch`):
 
     rng, generator = epoch_randomness(seed, epoch, rank)      # also seeds torch's global RNG (dropout)
-    order = rng.permutation(this rank's rows)[:num_rows]      # every rank trains the same number of rows
+    order = epoch_order(rng, len(rows), num_rows)             # every rank trains the same number of rows
     batches of batch_size in that order -> groups of grad_accum micro-batches (the last group may be short)
     per micro-batch: task.batch(rows, indices, rng) -> task.loss -> backward(loss / len(group))
     per group: engine.step() (clip, AdamW, lr schedule) -> fault injection
@@ -24,18 +24,20 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+from torch import nn
 
 from raysys.data.batches import TrainingRows, training_parts
 from raysys.errors import RaysysError
 from raysys.eval.collectives import max_over_ranks, mean_over_ranks, min_over_ranks, world_size
 from raysys.train.engines import DeepSpeedEngine, PlainEngine
+from raysys.train.history import HISTORY_FILE
 from raysys.train.state import TrainState, epoch_record
 from raysys.train.tasks import Task
 from raysys.train.tasks.base import Evaluate
@@ -67,10 +69,55 @@ class Run:
     task: Task
     engine: Engine
     rows: TrainingRows  # this rank's training rows
-    num_rows: int  # rows each rank trains per epoch (the smallest rank's count)
+    num_rows: int  # rows each rank trains per epoch (the largest rank's count)
     evaluate: Evaluate
     rank: int = 0
     fail: FailureInjection | None = None
+
+
+@dataclass
+class TrainOutcome:
+    """What a training driver returns: the best epoch's model (plain module, eval mode) and its figures."""
+
+    model: nn.Module
+    valid: dict[str, float]
+    test: dict[str, float] | None
+    best_epoch: int
+    epochs_run: int
+    optimizer_steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None  # the Ray checkpoint the model came from (Ray Train runs)
+
+    @classmethod
+    def from_state(cls, model: nn.Module, state: TrainState, checkpoint: Path | None = None) -> TrainOutcome:
+        """The outcome of a finished run: `model` holds the best weights (set to eval mode here)."""
+        return cls(
+            model=model.eval(),
+            valid=state.best_valid,
+            test=state.test,
+            best_epoch=state.best_epoch,
+            epochs_run=state.epoch,
+            optimizer_steps=state.step,
+            history=state.history,
+            checkpoint=checkpoint,
+        )
+
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """{"valid": ..., "test": ...}: what the exported model directory and summary.json carry."""
+        return {"valid": self.valid, "test": self.test or {}}
+
+    def summary(self, task: Task, out_dir: Path) -> dict[str, Any]:
+        """The run's entries of summary.json: metrics, epochs, steps, workers, ZeRO stage, history file."""
+        return {
+            "metrics": self.metrics,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "optimizer_steps": self.optimizer_steps,
+            "num_workers": task.train_cfg.num_workers,
+            "zero_stage": task.train_cfg.zero_stage,
+            "history": str(out_dir / HISTORY_FILE),
+        }
 
 
 def epoch_randomness(seed: int, epoch: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -83,16 +130,25 @@ def epoch_randomness(seed: int, epoch: int, rank: int) -> tuple[np.random.Genera
 
 def table_rows(task: Task, table: pa.Table, num_items: int) -> tuple[TrainingRows, int]:
     """This rank's rows from its users' rows of the sequences table (sorted by user, so the order does
-    not depend on how they were read), and the count every rank trains."""
+    not depend on how they were read), and the count every rank trains per epoch (the largest rank's)."""
     rows = task.rows(training_parts(table.sort_by("user_index")), num_items)
-    num_rows = min_over_ranks(len(rows))
-    if num_rows == 0:
+    if min_over_ranks(len(rows)) == 0:
         raise RaysysError(
             f"a worker has no training rows ({len(rows)} here, {world_size()} workers)",
             where=f"{task.section}.num_workers",
             hint="use fewer workers, or check data.min_user_interactions",
         )
-    return rows, num_rows
+    return rows, max_over_ranks(len(rows))
+
+
+def epoch_order(rng: np.random.Generator, num_local: int, num_rows: int) -> np.ndarray:
+    """The data-order rule: this rank's rows in a random order, every one once; a rank with fewer rows
+    than the largest rank (Ray splits users, not rows) tops up with rows drawn again at random, so
+    every rank takes the same number of steps and no row is left out (DistributedSampler's padding)."""
+    order = rng.permutation(num_local)
+    if num_rows > num_local:
+        order = np.concatenate([order, rng.choice(num_local, num_rows - num_local)])
+    return order
 
 
 def steps_per_epoch(num_rows: int, batch_size: int, grad_accum: int) -> int:
@@ -128,7 +184,7 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """One pass over this rank's rows (see the module docstring); returns the record's training terms."""
     task, engine, cfg = run.task, run.engine, run.task.train_cfg
     rng, generator = epoch_randomness(cfg.seed, epoch, run.rank)
-    order = rng.permutation(len(run.rows))[: run.num_rows]
+    order = epoch_order(rng, len(run.rows), run.num_rows)
     batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     engine.modules.train()
     sums: dict[str, float] = defaultdict(float)

@@ -34,11 +34,10 @@ from raysys.errors import RaysysError
 from raysys.train import checkpoint as ckpt
 from raysys.train.engines import DeepSpeedEngine
 from raysys.train.history import TensorBoardLog, write_history
-from raysys.train.local import TrainOutcome
-from raysys.train.loop import FailureInjection, Run, steps_per_epoch, table_rows, train_epochs
+from raysys.train.loop import FailureInjection, Run, TrainOutcome, steps_per_epoch, table_rows, train_epochs
 from raysys.train.state import TrainState
 from raysys.train.tasks import Stage, Task, task_for
-from raysys.train.tasks.base import build_modules, seen_items_for
+from raysys.train.tasks.base import build_modules
 
 RAY_RUN_NAME = "ray_train"  # the Ray Train run folder inside the stage's run directory
 FAIL_MARKER = "injected_failure_done"
@@ -157,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     dataset = PreparedDataset.open(config["dataset_path"])
     text_emb, device = config["text_emb"], "cuda" if train_cfg.use_gpu else "cpu"
-    modules = build_modules(task, dataset.num_items, text_emb, seen_items_for(task, dataset, text_emb), device)
+    modules = build_modules(task, dataset, text_emb, device)
     eval_model = task.build_model(dataset.num_items, text_emb)
     shard = read_shard(ray.train.get_dataset_shard("train"), dataset, task.columns(dataset))
     rows, num_rows = table_rows(task, shard, dataset.num_items)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raysys.train.loop import epoch_randomness, steps_per_epoch
+from raysys.train.loop import epoch_order, epoch_randomness, steps_per_epoch
 from raysys.train.state import TrainState, epoch_record, scalars
 
 
@@ -20,6 +20,12 @@ def test_randomness_depends_on_seed_epoch_and_rank_only() -> None:
     other_epoch = epoch_randomness(0, 3, 1)[0].permutation(10)
     other_rank = epoch_randomness(0, 2, 0)[0].permutation(10)
     assert not np.array_equal(first[0], other_epoch) and not np.array_equal(first[0], other_rank)
+
+
+def test_a_smaller_shard_tops_up_so_every_rank_takes_the_same_steps() -> None:
+    order = epoch_order(np.random.default_rng(0), 5, 8)
+    assert len(order) == 8 and sorted(order[:5].tolist()) == [0, 1, 2, 3, 4] and set(order[5:]) <= set(range(5))
+    assert sorted(epoch_order(np.random.default_rng(0), 5, 5).tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_steps_per_epoch_count_the_short_batch_and_group() -> None:

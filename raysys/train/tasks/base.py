@@ -3,7 +3,7 @@ its loss, its evaluation and the metric that selects the best epoch. Every drive
 a direct Tune trial, a Ray Train worker) runs every task through this interface and nothing else.
 
     task = task_for(cfg, "pretrain")                 # raysys.train.tasks: PretrainTask, DistillTask, ClickTask
-    modules = build_modules(task, num_items, text_emb, seen_items, device)   # seeded model (+ teacher, alignment)
+    modules = build_modules(task, dataset, text_emb, device)   # seeded model (+ teacher, alignment)
     rows = task.rows(training_parts(sequences), num_items)   # this rank's training examples
     batch = task.batch(rows, indices, rng)           # numpy arrays; the loop makes them tensors
     terms = task.loss(modules, batch, generator)     # {"loss", <term>...}
@@ -141,27 +141,19 @@ class Task(ABC):
 
 
 def build_modules(
-    task: Task,
-    num_items: int,
-    text_emb: torch.Tensor | None,
-    seen_items: np.ndarray | None,
-    device: torch.device | str = "cpu",
+    task: Task, dataset: PreparedDataset, text_emb: torch.Tensor | None, device: torch.device | str = "cpu"
 ) -> TrainedModules:
     """The one set-up of every driver: seed, build the model, load what the task attaches (teacher,
-    initial weights, alignment) and pin the ID vectors of items never trained on (text models).
+    initial weights, alignment) and, for a model with item text, pin the ID vectors of items absent
+    from the training parts (`pin_unseen_item_ids`).
 
     The same seed gives the same initial weights on every rank and in every driver."""
     seed_everything(task.train_cfg.seed)
-    model = task.build_model(num_items, text_emb)
+    model = task.build_model(dataset.num_items, text_emb)
     alignment = task.attach(model, device)
-    if seen_items is not None:
-        pin_unseen_item_ids(task.sequence_model(model), seen_items)
+    if text_emb is not None:
+        pin_unseen_item_ids(task.sequence_model(model), train_items(dataset))
     return TrainedModules(model, alignment).to(device)
-
-
-def seen_items_for(task: Task, dataset: PreparedDataset, text_emb: torch.Tensor | None) -> np.ndarray | None:
-    """The items of the training parts when the model uses text (see `pin_unseen_item_ids`), else None."""
-    return train_items(dataset) if text_emb is not None else None
 
 
 def seed_everything(seed: int) -> None:
