@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint browser
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	# CPU wheel from pip's find-links first, so nothing below pulls a multi-GB CUDA build.
 	$(PY) -m pip install "torch==2.13.0"
 	$(PY) -m pip install -e ".[dev]"
+	# DeepSpeed's CPU comm op, compiled now into TORCH_EXTENSIONS_DIR instead of in the first training run.
+	$(PY) -m raysys.train.engines
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,8 +22,13 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/raysys pipeline --config jobs/configs/quickstart.yaml --out runs/quickstart
 
-test: install
-	$(PY) -m pytest tests
+test: install browser
+	$(PY) -m pytest tests --durations=15
+
+# Debian's chromium and its driver, for the report's browser test (tests/report/test_report_browser.py).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 lint: install
 	$(VENV)/bin/ruff check raysys jobs tests

@@ -3,7 +3,8 @@
 Each stage is a recipe module in `raysys.recipes` exposing `DESCRIPTION`, an optional
 `add_arguments(parser)` for its own flags, and `run(cfg, out_dir, args) -> dict` whose result is
 written to `DIR/summary.json` beside the resolved config. A `RaysysError` becomes a one-line message
-on stderr and exit code 2; it never shows a traceback.
+on stderr and exit code 2; it never shows a traceback. What Ray and the libraries print goes to
+`DIR/raysys.log` (`raysys.console.quiet`) unless `--verbose`; raysys's own lines stay on the terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import ModuleType
 
 from raysys import __version__
 from raysys.config import load_config
+from raysys.console import LOG_FILE, console, quiet
 from raysys.errors import RaysysError
 from raysys.run import default_out_dir, start_run, write_summary
 
@@ -60,6 +62,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config (see jobs/configs/); defaults if omitted")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/<stage>-<UTC time>)")
     parser.add_argument(
+        "--verbose", action="store_true", help=f"show Ray's own output here instead of writing it to DIR/{LOG_FILE}"
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -83,7 +88,8 @@ def run_stage(stage: str, args: argparse.Namespace) -> Path:
     module: ModuleType = importlib.import_module(STAGES[stage])
     cfg = load_config(args.config, args.overrides)
     out_dir = start_run(args.out or default_out_dir(stage), cfg)
-    summary = module.run(cfg, out_dir, args)
+    with quiet(out_dir / LOG_FILE, verbose=getattr(args, "verbose", False)):
+        summary = module.run(cfg, out_dir, args)
     write_summary(out_dir, stage, summary)
     return out_dir
 
@@ -94,15 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out_dir = run_stage(args.stage, args)
     except KeyboardInterrupt:
-        print(f"raysys {args.stage}: interrupted", file=sys.stderr)
+        console.error(f"raysys {args.stage}: interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - a RaysysError may arrive wrapped by a Ray task or actor
         user_error = find_user_error(exc)
         if user_error is None:
             raise
-        print(f"raysys {args.stage}: error: {user_error}", file=sys.stderr)
+        console.error(f"raysys {args.stage}: error: {user_error}")
         return user_error.exit_code
-    print(f"raysys {args.stage}: done -> {out_dir / 'summary.json'}")
+    console.say(f"raysys {args.stage}: done -> {out_dir / 'summary.json'}")
     return 0
 
 

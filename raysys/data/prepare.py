@@ -26,7 +26,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,6 +43,7 @@ from ray.data import DataContext, Dataset
 from ray.data.context import ShuffleStrategy
 
 from raysys.config import DataConfig
+from raysys.console import console
 from raysys.data.cache import data_config_hash, dataset_key, fingerprint_files, is_complete, publish
 from raysys.data.dataset import FIRST_ITEM_INDEX, FORMAT_VERSION, MANIFEST, SEQUENCES_DIR, PreparedDataset
 from raysys.data.datasource import log_file_at, raw_row, read_error, read_interactions
@@ -125,7 +125,7 @@ class Status:
 
     def __call__(self, message: str) -> None:
         if self.enabled:
-            print(f"[prepare {time.perf_counter() - self.start:6.1f}s] {message}", file=sys.stderr, flush=True)
+            console.say(f"  prepare {time.perf_counter() - self.start:6.1f} s  {message}")
 
 
 def prepare_dataset(

@@ -25,6 +25,7 @@ from typing import Any
 
 from raysys import storage
 from raysys.config import Config, config_hash
+from raysys.console import console, duration, stage_line
 from raysys.errors import RaysysError
 from raysys.files import write_json_atomic
 from raysys.run import start_run, utc_now, write_summary
@@ -82,25 +83,34 @@ class StageRunner:
     hashes: dict[str, str]
     remote: str | None = None  # the run's URI when its home is an object store
     force: bool = False
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = console.say
     # Called once, before the first stage that is not skipped (the pipeline starts Ray there, so a
     # fully resumed run starts nothing).
     setup: Callable[[], None] | None = None
     records: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> {"skipped", "seconds"}
 
-    def stage(self, name: str, cfg: Config, body: StageBody, check: StageCheck) -> dict[str, Any]:
-        """The summary of stage `name`: reused when done (see the module docstring), else `body(dir)`'s."""
+    def stage(
+        self,
+        name: str,
+        cfg: Config,
+        body: StageBody,
+        check: StageCheck,
+        describe: Callable[[dict[str, Any]], str] | None = None,
+    ) -> dict[str, Any]:
+        """The summary of stage `name`: reused when done (see the module docstring), else `body(dir)`'s.
+
+        describe(summary): the few words the stage's "done" line adds (a metric, a count)."""
         stage_dir = self.root / name
         config_hash_ = self.hashes[name]
         summary = None if self.force else self.reusable(stage_dir, config_hash_, check)
         if summary is not None:
-            self.log(f"raysys pipeline: {name}: up to date, skipped")
+            self.log(stage_line("·", name, "skipped", "up to date"))
             self.records[name] = {"skipped": True, "seconds": 0.0}
             return summary
         if self.setup is not None:
             self.setup()
             self.setup = None
-        self.log(f"raysys pipeline: {name}: running")
+        self.log(stage_line("▶", name, "", ""))
         start = time.perf_counter()
         self._prepare_dir(stage_dir, config_hash_)
         start_run(stage_dir, cfg)
@@ -110,8 +120,9 @@ class StageRunner:
             storage.upload_dir(stage_dir, storage.join(self.remote, name))
         seconds = round(time.perf_counter() - start, 1)
         self.records[name] = {"skipped": False, "seconds": seconds}
-        self.log(f"raysys pipeline: {name}: done in {seconds} s")
-        return read_json(stage_dir / SUMMARY) or summary
+        summary = read_json(stage_dir / SUMMARY) or summary
+        self.log(stage_line("✓", name, duration(seconds), describe(summary) if describe else ""))
+        return summary
 
     def reusable(self, stage_dir: Path, config_hash_: str, check: StageCheck) -> dict[str, Any] | None:
         """The stage's summary when its outputs are done for this config hash and pass `check`."""
@@ -121,7 +132,7 @@ class StageRunner:
         try:
             check(stage_dir, summary)
         except RaysysError as exc:
-            self.log(f"raysys pipeline: {stage_dir.name}: outputs not usable ({exc}); running it again")
+            self.log(f"  {stage_dir.name}: its outputs are not usable ({exc}); running it again")
             return None
         return summary
 

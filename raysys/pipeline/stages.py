@@ -97,6 +97,22 @@ def check_keys(*keys: str):
     return check
 
 
+def describe_data(summary: dict[str, Any]) -> str:
+    """The prepare stage's done line: the dataset's size, and whether the cache served it."""
+    cached = " (cached)" if summary.get("cache_hit") else ""
+    return (
+        f"{summary['num_users']:,} users, {summary['num_items']:,} items, "
+        f"{summary['num_interactions']:,} interactions{cached}"
+    )
+
+
+def describe_training(summary: dict[str, Any]) -> str:
+    """A training stage's done line: the best epoch and its validation NDCG@10."""
+    valid = summary["metrics"]["valid"]
+    metric = "ndcg@10" if "ndcg@10" in valid else "auc"
+    return f"best epoch {summary['best_epoch']} of {summary['epochs_run']}, valid {metric} {valid[metric]:.4f}"
+
+
 # ------------------------------------------------------------------------------- stages
 
 
@@ -104,14 +120,18 @@ def prepare(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """Prepare (or reuse from the cache) the dataset of `cfg.data`."""
     from raysys.recipes import prepare as recipe
 
-    return runner.stage("prepare", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe, quiet=True)), check_prepared)
+    return runner.stage(
+        "prepare", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe, quiet=True)), check_prepared, describe_data
+    )
 
 
 def teacher(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """Pretrain the teacher on Ray Train; its model directory is RUN/teacher/model."""
     from raysys.recipes import pretrain as recipe
 
-    return runner.stage("teacher", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe)), check_model_dir)
+    return runner.stage(
+        "teacher", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe)), check_model_dir, describe_training
+    )
 
 
 def with_teacher(cfg: Config, runner: StageRunner) -> Config:
@@ -137,7 +157,13 @@ def tune(cfg: Config, runner: StageRunner) -> dict[str, Any]:
             hint="set tune.stage=distill, or run `raysys tune` on its own",
         )
     tune_cfg = with_teacher(cfg, runner)
-    return runner.stage("tune", tune_cfg, lambda d: recipe.run(tune_cfg, d, recipe_args(recipe)), check_tuned)
+    return runner.stage(
+        "tune",
+        tune_cfg,
+        lambda d: recipe.run(tune_cfg, d, recipe_args(recipe)),
+        check_tuned,
+        lambda s: f"{s['trials']['total']} trials, best valid ndcg@10 {s['best']['valid_ndcg@10']:.4f}",
+    )
 
 
 def tuned(cfg: Config, best_yaml: Path) -> Config:
@@ -163,13 +189,23 @@ def student(cfg: Config, runner: StageRunner) -> dict[str, Any]:
         cfg = tuned(cfg, runner.root / "tune" / TUNE_BEST)
     student_cfg = with_teacher(cfg, runner)
     return runner.stage(
-        "student", student_cfg, lambda d: recipe.run(student_cfg, d, recipe_args(recipe)), check_model_dir
+        "student",
+        student_cfg,
+        lambda d: recipe.run(student_cfg, d, recipe_args(recipe)),
+        check_model_dir,
+        describe_training,
     )
 
 
 def evaluate(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """Full-ranking metrics of the teacher, the student and both baselines (`raysys evaluate` each)."""
-    return runner.stage("evaluate", cfg, lambda d: _evaluate_all(cfg, runner.root, d), check_keys("models"))
+    return runner.stage(
+        "evaluate",
+        cfg,
+        lambda d: _evaluate_all(cfg, runner.root, d),
+        check_keys("models"),
+        lambda s: "test: " + ", ".join(f"{n} {m['metrics']['test']['ndcg@10']:.4f}" for n, m in s["models"].items()),
+    )
 
 
 def _evaluate_all(cfg: Config, root: Path, stage_dir: Path) -> dict[str, Any]:
@@ -192,7 +228,13 @@ def _evaluate_all(cfg: Config, root: Path, stage_dir: Path) -> dict[str, Any]:
 def export(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """What ships: the teacher's and the student's model directories, checked to load and copied to
     RUN/export/<name>, with their location, version, size and parameter count."""
-    return runner.stage("export", cfg, lambda d: _export_models(runner, d), check_exported)
+    return runner.stage(
+        "export",
+        cfg,
+        lambda d: _export_models(runner, d),
+        check_exported,
+        lambda s: f"-> {runner.location(EXPORT_DIR)}",
+    )
 
 
 def _export_models(runner: StageRunner, stage_dir: Path) -> dict[str, Any]:
@@ -226,4 +268,10 @@ def serve_smoke(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     from raysys.pipeline.smoke import serve_smoke as smoke
 
     model_dir = runner.root / EXPORT_DIR / "student"
-    return runner.stage("serve_smoke", cfg, lambda d: smoke(cfg.serve, model_dir), check_keys("latency_ms"))
+    return runner.stage(
+        "serve_smoke",
+        cfg,
+        lambda d: smoke(cfg.serve, model_dir),
+        check_keys("latency_ms"),
+        lambda s: f"POST /recommend p50 {s['latency_ms']['p50']} ms over {s['latency_ms']['requests']} requests",
+    )

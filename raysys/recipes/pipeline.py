@@ -27,6 +27,7 @@ from typing import Any
 
 from raysys import storage
 from raysys.config import Config
+from raysys.console import LOG_FILE, console
 from raysys.pipeline import stages
 from raysys.pipeline.runner import StageRunner, stage_hashes
 from raysys.report import build_report
@@ -87,8 +88,43 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     if remote:
         for name in TOP_LEVEL_FILES:
             storage.upload_file(root / name, storage.join(remote, name))
-    print(f"raysys pipeline: report -> {runner.location(report.name)}", flush=True)
+    show_results(summary, runner, report.name)
     return summary
+
+
+RESULT_COLUMNS = (  # (header, split or slice, metric)
+    ("test ndcg@10", "test", "ndcg@10"),
+    ("test hr@10", "test", "hr@10"),
+    ("cold items hr@10", "test/cold_items", "hr@10"),
+    ("short history ndcg@10", "test/short_history", "ndcg@10"),
+)
+
+
+def show_results(summary: dict[str, Any], runner: StageRunner, report_name: str) -> None:
+    """The closing lines: every model x the key test metrics, then where everything is."""
+    rows = []
+    for name, entry in summary["models"].items():
+        metrics = entry["metrics"]
+        rows.append([name, *(_cell(metrics.get(part, {}).get(key)) for _, part, key in RESULT_COLUMNS)])
+    console.say()
+    header = ["model", *(column[0] for column in RESULT_COLUMNS)]
+    console.table("Results (test, full ranking over the catalog, seen items excluded)", header, rows)
+    student = summary["models"].get("student", {}).get("path")
+    lines = [
+        ("report", runner.location(report_name)),
+        ("tensorboard", f"tensorboard --logdir {runner.location()}"),
+        ("models", ", ".join(e["path"] for e in summary["models"].values() if "path" in e)),
+        ("serve", f"raysys serve --model {student}" if student else None),
+        ("Ray's log", runner.location(LOG_FILE)),
+    ]
+    console.say()
+    for label, value in lines:
+        if value:
+            console.say(f"{label:<12} {value}")
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def run_stages(cfg: Config, runner: StageRunner) -> dict[str, Any]:
@@ -130,5 +166,5 @@ def init_ray() -> bool:
     if ray.is_initialized():
         return False
     context = ray.init(include_dashboard=True)  # Ray Train V2 asks the dashboard whether a run is alive
-    print(f"raysys pipeline: Ray dashboard at {context.dashboard_url or '(not running)'}", flush=True)
+    console.say(f"  Ray started (dashboard {context.dashboard_url or 'not running'})")
     return True

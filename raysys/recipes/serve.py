@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from raysys.config import Config, ServeConfig
+from raysys.console import console
 from raysys.serve.deploy import serve_config
 
 DESCRIPTION = "serve a model directory over HTTP with Ray Serve (foreground; Ctrl-C stops it)"
@@ -54,11 +55,11 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `ray job stop`, `kill`: same as Ctrl-C
     try:
         deploy(config)
-        print(f"raysys serve: model {model_version} at {url} (OpenAPI: {url}/docs); Ctrl-C to stop", flush=True)
+        console.say(f"raysys serve: model {model_version} at {url} (OpenAPI: {url}/docs); Ctrl-C to stop")
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:  # also while still deploying: stopping early is a clean stop too
-        print("raysys serve: stopping", flush=True)
+        console.say("raysys serve: stopping")
     finally:
         _stop(serve, serve_cfg.app_name, shutdown=started_ray)
         if started_ray:

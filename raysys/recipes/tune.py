@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from raysys.config import Config
+from raysys.console import console
 from raysys.data.prepare import load_or_prepare
 from raysys.errors import RaysysError
 from raysys.tune.results import trial_table, write_best_config, write_plots, write_table
@@ -42,7 +43,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace | None = None) -> d
     """Run or resume the search into out_dir; write best.yaml, results.csv, plots; returns the summary."""
     start = time.perf_counter()
     dashboard = start_ray()
-    print(f"raysys tune: Ray dashboard at {dashboard or '(not running)'}", flush=True)
+    console.say(f"raysys tune: Ray dashboard at {dashboard or '(not running)'}")
     grid = run_search(cfg, out_dir, load_or_prepare(cfg.data, progress=False))
     table = trial_table(grid, cfg)
     metric = objective(cfg)

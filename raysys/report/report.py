@@ -47,6 +47,7 @@ def build_report(
     ablation = ablation or _existing(run_dir / "ablation.csv")
     tune_results = tune_results or _existing(run_dir / "tune" / "results.csv")
     sections = [
+        f"<h1>raysys pipeline report</h1>{headline(summary)}",
         _overview(run_dir, summary),
         _data_section(_read_json(run_dir / "prepare" / "summary.json")),
         _curves_section(run_dir),
@@ -95,7 +96,52 @@ def _overview(run_dir: Path, summary: dict[str, Any]) -> str:
     facts = (
         f"<p>Run <code>{where}</code>, finished {when}, raysys {version}, {summary.get('seconds', 0):.0f} s in all.</p>"
     )
-    return "<h1>raysys pipeline report</h1>" + facts + (_table(["stage", "time"], rows) if rows else "")
+    return "<h2>Run</h2>" + facts + (_table(["stage", "time"], rows) if rows else "")
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The answer first: the student against the baselines and its teacher, what distillation bought
+    (when the run trained the student without it too), cold start, and the served latency."""
+    models = summary.get("models", {})
+    student = _test(models, "student")
+    if student is None:
+        return ""
+    baselines = [(label, _test(models, name)) for name, label in BASELINES if _test(models, name)]
+    against = [f"{student / value:.2f}× {label} ({value:.4f})" for label, value in baselines]
+    lines = [
+        f"The student scores test NDCG@10 <b>{student:.4f}</b>"
+        + (f": {' and '.join(against)}" if against else "")
+        + (f", {100 * student / _test(models, 'teacher'):.0f} % of its teacher" if _test(models, "teacher") else "")
+        + " (full ranking over the catalog, seen items excluded)."
+    ]
+    control = _test(models, "student_no_kd")
+    if control:
+        lines.append(
+            f"Distillation: {student:.4f} with the teacher against {control:.4f} for the same student trained "
+            f"without it ({100 * (student / control - 1):+.1f} %)."
+        )
+    cold = models["student"]["metrics"].get("test/cold_items", {})
+    warm = models["student"]["metrics"].get("test", {})
+    if cold.get("num_users"):
+        lines.append(
+            f"Cold start: {int(cold['num_users'])} test users' next item was never trained on; the student's "
+            f"HR@10 on them is {cold.get('hr@10', 0):.4f} (all users: {warm.get('hr@10', 0):.4f})."
+        )
+    smoke = summary.get("serve_smoke", {}).get("latency_ms", {})
+    if smoke.get("p50") is not None:
+        lines.append(
+            f"Served: POST /recommend answered in {smoke['p50']} ms (p50 of {smoke.get('requests')} sequential "
+            "requests to one replica on this machine)."
+        )
+    items = "".join(f"<li>{line}</li>" for line in lines[1:])
+    return f"<h2>Result</h2><p class='headline'>{lines[0]}</p>" + (f"<ul>{items}</ul>" if items else "")
+
+
+BASELINES = (("itemknn", "item-kNN"), ("popularity", "popularity"))
+
+
+def _test(models: dict[str, Any], name: str) -> float | None:
+    return models.get(name, {}).get("metrics", {}).get("test", {}).get("ndcg@10")
 
 
 def _data_section(prepared: dict[str, Any]) -> str:

@@ -194,11 +194,29 @@ def import_deepspeed(use_gpu: bool) -> Any:
     """DeepSpeed, imported inside the worker: its accelerator is chosen at import (CPU unless the
     workers have GPUs), and the C++ op it builds on first use goes to a shared cache instead of each
     worker's home."""
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    repo = Path(__file__).resolve().parents[2]
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(repo / ".cache" / "torch_extensions"))
+    _deepspeed_environment(use_gpu)
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
     return deepspeed
+
+
+def prebuild_cpu_ops() -> Path:
+    """Build DeepSpeed's CPU shared-memory comm op into the cache the workers use (what `make install`
+    runs, so a first training run does not spend 30-90 s compiling it); returns the cache folder."""
+    _deepspeed_environment(use_gpu=False)
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
+def _deepspeed_environment(use_gpu: bool) -> None:
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    repo = Path(__file__).resolve().parents[2]
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(repo / ".cache" / "torch_extensions"))
+
+
+if __name__ == "__main__":
+    print(f"DeepSpeed CPU ops built into {prebuild_cpu_ops()}")

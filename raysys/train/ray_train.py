@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 
 from raysys.config import Config, config_from_dict
+from raysys.console import follow_history
 from raysys.data.dataset import PreparedDataset
 from raysys.errors import RaysysError
 from raysys.train import checkpoint as ckpt
@@ -61,6 +62,7 @@ def fit(
     *,
     fail_in_epoch: int | None = None,
     callbacks: list | None = None,
+    progress: bool = True,
 ) -> TrainOutcome:
     """Train the stage's task on Ray Train workers; resume from `out_dir`'s checkpoints if any.
 
@@ -68,6 +70,7 @@ def fit(
     fail_in_epoch: fault injection for tests: rank 1 (or 0 with one worker) exits hard once, after that
     epoch's first step.
     callbacks: Ray Train run callbacks, e.g. Tune's `TuneReportCallback()` when a Tune trial runs `fit`.
+    progress: print an epoch line on the console as rank 0 writes each history record.
     """
     if dataset is None:
         from raysys.data.prepare import load_or_prepare
@@ -88,7 +91,12 @@ def fit(
         "fail_in_epoch": fail_in_epoch,
     }
     sequences = dataset.ray_dataset(columns=task.columns(dataset))
-    result = _make_trainer(task, loop_config, sequences, out_dir, callbacks or []).fit()
+    trainer = _make_trainer(task, loop_config, sequences, out_dir, callbacks or [])
+    if progress:
+        with follow_history(out_dir, task.model_section, train_cfg.epochs):
+            result = trainer.fit()
+    else:
+        result = trainer.fit()
     return _outcome(task, dataset, text_emb, Path(result.checkpoint.path))
 
 

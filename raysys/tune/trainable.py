@@ -90,7 +90,8 @@ def ray_train_trial(
 
     cfg = trial_config(base, config)
     trial_dir = Path(tune.get_context().get_trial_dir())
-    fit(cfg, cfg.tune.stage, trial_dir, PreparedDataset.open(dataset_path), callbacks=[TuneReportCallback()])
+    dataset = PreparedDataset.open(dataset_path)
+    fit(cfg, cfg.tune.stage, trial_dir, dataset, callbacks=[TuneReportCallback()], progress=False)
 
 
 def direct_trial(

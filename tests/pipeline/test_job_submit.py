@@ -200,9 +200,9 @@ def wait_for_job(head: Head, submission_id: str) -> dict:
     raise TimeoutError(f"job {submission_id} not finished after {JOB_TIMEOUT_S} s")
 
 
-def job_logs(head: Head, submission_id: str) -> str:
+def job_logs(head: Head, submission_id: str, tail: int = 4000) -> str:
     response = httpx.get(f"{head.dashboard}/api/jobs/{submission_id}/logs", headers=head.auth, timeout=10)
-    return response.json().get("logs", "")[-4000:]
+    return response.json().get("logs", "")[-tail:]
 
 
 def serve_and_query(head: Head, model_dir: Path, user_id: str) -> dict:
@@ -257,6 +257,12 @@ def test_pipeline_as_a_ray_job_with_token_auth(head: Head) -> None:
     assert (run_dir / "report.html").read_text().count("data:image/png;base64,") >= 2
     assert (run_dir / "student" / "model" / "model.safetensors").is_file()
     assert (run_dir / "student" / "tensorboard").is_dir()
+    # What `ray job logs` shows is raysys's console: stage and epoch lines, the results, no Ray internals
+    # (those are in the run's raysys.log).
+    logs = job_logs(head, "raysys-pipeline-test", tail=100_000)
+    assert "✓ teacher" in logs and "  student    epoch   1/" in logs and "Results (test" in logs, logs[-3000:]
+    assert not any(noise in logs for noise in ("TrainController", "streaming_executor", "TrainingReport", "INFO"))
+    assert "TrainController" in (run_dir / "raysys.log").read_text()
 
     user_id = summary["serve_smoke"]["user_id"]
     answer = serve_and_query(head, run_dir / "student" / "model", user_id)

@@ -13,65 +13,11 @@ from raysys.report import build_report
 from raysys.report.report import history_frame
 
 
-def _history(stage_dir: Path, losses: list[float], ndcgs: list[float]) -> None:
-    stage_dir.mkdir(parents=True)
-    lines = [
-        json.dumps({"epoch": i + 1, "step": 10 * (i + 1), "loss": loss, "valid_ndcg@10": ndcg})
-        for i, (loss, ndcg) in enumerate(zip(losses, ndcgs, strict=True))
-    ]
-    (stage_dir / "history.jsonl").write_text("\n".join(lines) + "\n")
-    (stage_dir / "tensorboard").mkdir()
-
-
-def _metrics(ndcg: float) -> dict:
-    return {
-        "valid": {"ndcg@10": ndcg + 0.01},
-        "test": {"hr@10": 0.5, "ndcg@10": ndcg, "mrr@10": 0.2, "recall@10": 0.5, "coverage@10": 0.9},
-    }
-
-
-def make_run(root: Path) -> Path:
-    run = root / "run"
-    _history(run / "teacher", [6.0, 5.0, 4.5], [0.10, 0.20, 0.25])
-    _history(run / "student", [7.0, 6.0], [0.08, 0.18])
-    (run / "prepare").mkdir()
-    (run / "prepare" / "summary.json").write_text(
-        json.dumps(
-            {
-                "dataset_path": "/cache/ds",
-                "num_users": 123,
-                "num_items": 45,
-                "num_interactions": 6789,
-                "num_dropped": {"duplicate": 3, "bad_rating": 0},
-            }
-        )
-    )
-    summary = {
-        "finished_at": "2026-01-01T00:00:00Z",
-        "seconds": 321.0,
-        "models": {
-            "teacher": {"metrics": _metrics(0.3125), "path": str(run / "teacher" / "model")},
-            "student": {"metrics": _metrics(0.2875), "path": str(run / "student" / "model")},
-            "popularity": {"metrics": _metrics(0.1111)},
-            "itemknn": {"metrics": _metrics(0.2222)},
-        },
-        "serve_smoke": {
-            "user_id": "u7",
-            "model_version": "student-x",
-            "top_items": ["i3", "i9"],
-            "latency_ms": {"first": 120.5, "p50": 9.25, "p90": 14.0, "max": 20.0, "requests": 21},
-        },
-        "stages": {"prepare": {"skipped": True, "seconds": 0.0}, "teacher": {"skipped": False, "seconds": 61.5}},
-    }
-    (run / "summary.json").write_text(json.dumps(summary))
-    return run
-
-
 def _pngs(page: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)]
 
 
-def test_report_has_every_section_with_its_numbers(tmp_path: Path) -> None:
+def test_report_has_every_section_with_its_numbers(tmp_path: Path, make_run) -> None:
     run = make_run(tmp_path)
     (tmp_path / "ablation.csv").write_text("variant,test_ndcg@10\nno_kd,0.2500\nfull,0.2875\n")
     (run / "tune").mkdir()
@@ -98,21 +44,32 @@ def test_report_has_every_section_with_its_numbers(tmp_path: Path) -> None:
     assert len(pngs) == 2 and all(png.startswith(b"\x89PNG") for png in pngs)
 
 
-def test_report_leaves_out_what_the_run_lacks(tmp_path: Path) -> None:
+def test_report_opens_with_the_result(tmp_path: Path, make_run) -> None:
+    page = build_report(make_run(tmp_path)).read_text()
+    assert page.index("<h2>Result</h2>") < page.index("<h2>Run</h2>") < page.index("<h2>Metrics</h2>")
+    result = page[page.index("<h2>Result</h2>") : page.index("<h2>Run</h2>")]
+    assert "test NDCG@10 <b>0.2875</b>: 1.29× item-kNN (0.2222) and 2.59× popularity (0.1111)" in result
+    assert "92 % of its teacher" in result
+    assert "0.2875 with the teacher against 0.2500 for the same student trained without it (+15.0 %)" in result
+    assert "17 test users' next item was never trained on" in result and "HR@10 on them is 0.1250" in result
+    assert "answered in 9.25 ms" in result
+
+
+def test_report_leaves_out_what_the_run_lacks(tmp_path: Path, metrics_of) -> None:
     run = tmp_path / "bare"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps({"models": {"popularity": {"metrics": _metrics(0.1)}}}))
+    (run / "summary.json").write_text(json.dumps({"models": {"popularity": {"metrics": metrics_of(0.1)}}}))
 
     page = build_report(run).read_text()
 
     assert "<h2>Metrics</h2>" in page
-    for heading in ("Data", "Training curves", "Tune results", "Ablation", "Serving"):
+    for heading in ("Result", "Data", "Training curves", "Tune results", "Ablation", "Serving"):
         assert f"<h2>{heading}</h2>" not in page
     assert len(_pngs(page)) == 1  # the metrics bar chart only
 
 
-def test_history_frame_orders_epochs(tmp_path: Path) -> None:
-    _history(tmp_path / "teacher", [3.0, 2.0], [0.1, 0.2])
+def test_history_frame_orders_epochs(tmp_path: Path, write_history) -> None:
+    write_history(tmp_path / "teacher", [3.0, 2.0], [0.1, 0.2])
     frame = history_frame(tmp_path / "teacher")
     assert frame["epoch"].tolist() == [1, 2] and frame["loss"].tolist() == [3.0, 2.0]
     assert history_frame(tmp_path / "missing").empty

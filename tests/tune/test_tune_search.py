@@ -102,13 +102,13 @@ def test_a_direct_trial_trains_on_the_global_batch_of_the_ray_run_it_stands_for(
 
 @pytest.mark.slow
 def test_cli_grid_asha_writes_best_config_results_plots_and_tensorboard(
-    ray_session, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    ray_session, tiny_config: Path, tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "run"
     assert (
         main(["tune", "--config", str(tiny_config), "tune.searcher=grid", "tune.num_samples=1", "--out", str(out)]) == 0
     )
-    assert "Ray dashboard at" in capsys.readouterr().out
+    assert "Ray dashboard at" in capfd.readouterr().out  # the console writes to the terminal (fd 1)
     summary = json.loads((out / "summary.json").read_text())
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 2 and sorted(table["distill.lr"]) == [2e-3, 1e-2]  # the grid, once each
