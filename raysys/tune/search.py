@@ -97,6 +97,8 @@ def run_config(cfg: Config, out_dir: Path):
     """RunConfig: the experiment under out_dir (Tune's TensorBoard/CSV/JSON per trial), retries, checkpoints."""
     from ray import tune
 
+    from raysys.tune.callbacks import TrialLines
+
     # PBT restores a donor's checkpoint that may be several epochs old by then: keep them all.
     keep = None if cfg.tune.scheduler == "pbt" else task_for(cfg, cfg.tune.stage).train_cfg.num_to_keep
     return tune.RunConfig(
@@ -105,33 +107,8 @@ def run_config(cfg: Config, out_dir: Path):
         failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
         verbose=1,  # Tune's own tables: in the run's raysys.log unless --verbose
-        callbacks=[trial_lines(objective(cfg), cfg.tune.num_samples)],
+        callbacks=[TrialLines(objective(cfg), cfg.tune.num_samples)],
     )
-
-
-def trial_lines(metric: str, num_samples: int) -> Any:
-    """A Tune callback printing one console line per finished trial: its best `metric`, the best so far."""
-    from ray.tune import Callback
-
-    from raysys.console import console
-
-    class TrialLines(Callback):
-        def __init__(self) -> None:
-            self.best: dict[str, float] = {}
-            self.done = 0
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            if metric in result:
-                self.best[trial.trial_id] = max(result[metric], self.best.get(trial.trial_id, float("-inf")))
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self.done += 1
-            value = self.best.get(trial.trial_id)
-            shown = f"{metric} {value:.4f}" if value is not None else f"no {metric}"
-            best = max(self.best.values(), default=float("nan"))
-            console.say(f"  tune     trial {self.done:>3}/{num_samples:<3} {shown}  (best so far {best:.4f})")
-
-    return TrialLines()
 
 
 def make_searcher(cfg: Config) -> Any:
