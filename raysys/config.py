@@ -112,6 +112,10 @@ class TrainingConfig(Section):
     cl_mask_ratio: float = Field(0.3, ge=0, lt=1)  # CL4SRec mask: share of items replaced by the mask token
     cl_reorder_ratio: float = Field(0.6, gt=0, le=1)  # CL4SRec reorder: share of the sequence shuffled
     patience: int = Field(5, ge=1)  # early stopping: epochs without a better validation NDCG@10
+    # Length-aware batching: an epoch's shuffled rows are cut into chunks of this many batches, each chunk
+    # sorted by row length, so a batch holds rows of similar length and is padded only to its longest;
+    # the batches are then shuffled. 0 or 1: batches of random rows (each still padded to its longest).
+    length_buckets: int = Field(50, ge=0)
     num_workers: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
     cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPUs per train worker; fractional leaves room for Ray Data

@@ -115,7 +115,9 @@ def _list_values(column: pa.ChunkedArray, dtype: type) -> tuple[np.ndarray, np.n
 class TrainingRows:
     """Training examples as left-padded slices flat[start:end] of `width` items, plus per-row columns.
 
-    `take(rows)` cuts the chosen rows: (slices [len(rows), width] int64, {name: column[rows]}).
+    `take(rows)` cuts the chosen rows: (slices [len(rows), W] int64, {name: column[rows]}), where W is
+    the longest chosen row (`trim=False`: `width`): columns that would be padding in every row are left
+    out, which changes no model output (positions count from each row's first item, padding is masked).
     """
 
     flat: np.ndarray  # [T] int64 training items
@@ -128,8 +130,15 @@ class TrainingRows:
     def __len__(self) -> int:
         return len(self.start)
 
-    def take(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        slices = _left_padded_slices(self.flat, self.start[rows], self.end[rows], self.width)
+    @property
+    def lengths(self) -> np.ndarray:
+        """[R] items in each row."""
+        return self.end - self.start
+
+    def take(self, rows: np.ndarray, *, trim: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        start, end = self.start[rows], self.end[rows]
+        width = min(self.width, int((end - start).max(initial=1))) if trim else self.width
+        slices = _left_padded_slices(self.flat, start, end, width)
         return slices, {name: values[rows] for name, values in self.columns.items()}
 
 
@@ -147,7 +156,7 @@ def training_windows(sequences: Sequence[np.ndarray] | np.ndarray, max_len: int)
     and the oldest window are left-padded; sequences with < 2 items give no window.
     """
     rows = window_rows(sequence_parts(sequences), max_len)
-    return rows.take(np.arange(len(rows)))[0]
+    return rows.take(np.arange(len(rows)), trim=False)[0]
 
 
 def next_item_batch(windows: np.ndarray) -> dict[str, np.ndarray]:

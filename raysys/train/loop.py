@@ -6,7 +6,8 @@ The story of an epoch (`run_epoch`):
 
     rng, generator = epoch_randomness(seed, epoch, rank)      # also seeds torch's global RNG (dropout)
     order = epoch_order(rng, len(rows), num_rows)             # every rank trains the same number of rows
-    batches of batch_size in that order -> groups of grad_accum micro-batches (the last group may be short)
+    batches = epoch_batches(rng, order, ...)                  # length-aware: similar lengths, little padding
+    -> groups of grad_accum micro-batches (the last group may be short)
     per micro-batch: task.batch(rows, indices, rng) -> task.loss -> backward(loss / len(group))
     per group: engine.step() (clip, AdamW, lr schedule) -> fault injection
     -> validation -> TrainState.advance -> report -> stop at `epochs` or after `patience` bad epochs
@@ -151,6 +152,23 @@ def epoch_order(rng: np.random.Generator, num_local: int, num_rows: int) -> np.n
     return order
 
 
+def epoch_batches(
+    rng: np.random.Generator, order: np.ndarray, lengths: np.ndarray, batch_size: int, buckets: int
+) -> list[np.ndarray]:
+    """The epoch's batches of row indices (length-aware batching, `length_buckets`): `order` is cut into
+    chunks of `buckets` batches, each chunk sorted by row length and split into batches, and the
+    batches are shuffled, so a batch pads little while every row still comes once in random company."""
+    if buckets <= 1:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    chunk = batch_size * buckets
+    for first in range(0, len(order), chunk):
+        part = order[first : first + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def steps_per_epoch(num_rows: int, batch_size: int, grad_accum: int) -> int:
     """Optimizer steps of an epoch of `num_rows` rows (a short last batch and group still count)."""
     return math.ceil(math.ceil(num_rows / batch_size) / grad_accum)
@@ -185,7 +203,7 @@ def run_epoch(run: Run, epoch: int) -> dict[str, Any]:
     task, engine, cfg = run.task, run.engine, run.task.train_cfg
     rng, generator = epoch_randomness(cfg.seed, epoch, run.rank)
     order = epoch_order(rng, len(run.rows), run.num_rows)
-    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = epoch_batches(rng, order, run.rows.lengths, cfg.batch_size, cfg.length_buckets)
     engine.modules.train()
     sums: dict[str, float] = defaultdict(float)
     step_losses, grad_norms, targets, lr = [], [], 0, engine.lr()

@@ -69,8 +69,30 @@ def test_training_parts_keep_only_the_training_part_and_rows_cut_windows_from_it
     assert parts.flat.tolist() == [2, 3, 4, 5, 8] and parts.lengths.tolist() == [4, 1]
     assert parts.ratings.tolist() == [5, 4, 3, 2, 1]
     rows = window_rows(parts, max_len=5)
-    windows, columns = rows.take(np.arange(len(rows)))
+    windows, columns = rows.take(np.arange(len(rows)), trim=False)
     assert windows.tolist() == [[0, 0, 2, 3, 4, 5]] and columns == {}  # [6, 7] are valid/test; [8] has no label
+
+
+def test_taken_rows_are_trimmed_to_the_longest_and_score_the_same() -> None:
+    import torch
+
+    from raysys.config import DistillConfig, StudentConfig
+    from raysys.models.student import build_student
+    from raysys.objectives.next_item import next_item_loss
+
+    sequences = [np.arange(2, 7), np.arange(10, 14), np.arange(20, 23)]
+    rows = window_rows(training_parts(pa.table({"items": [s.tolist() for s in sequences], "train_len": [5, 4, 3]})), 9)
+    trimmed, _ = rows.take(np.arange(3))
+    full, _ = rows.take(np.arange(3), trim=False)
+    assert trimmed.shape == (3, 5) and full.shape == (3, 10) and np.array_equal(full[:, -5:], trimmed)
+    torch.manual_seed(0)
+    model = build_student(StudentConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0), 30, 9).eval()
+    losses = []
+    for windows in (trimmed, full):
+        batch = {k: torch.from_numpy(v) for k, v in next_item_batch(windows).items()}
+        with torch.no_grad():
+            losses.append(float(next_item_loss(model, batch["input_ids"], batch["labels"], DistillConfig())))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 def test_window_rows_cut_the_same_windows_as_training_windows() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from raysys.train.loop import epoch_order, epoch_randomness, steps_per_epoch
+from raysys.train.loop import epoch_batches, epoch_order, epoch_randomness, steps_per_epoch
 from raysys.train.state import TrainState, epoch_record, scalars
 
 
@@ -26,6 +26,20 @@ def test_a_smaller_shard_tops_up_so_every_rank_takes_the_same_steps() -> None:
     order = epoch_order(np.random.default_rng(0), 5, 8)
     assert len(order) == 8 and sorted(order[:5].tolist()) == [0, 1, 2, 3, 4] and set(order[5:]) <= set(range(5))
     assert sorted(epoch_order(np.random.default_rng(0), 5, 5).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_length_aware_batches_hold_every_row_once_with_similar_lengths() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 51, size=1000)
+    order = epoch_order(rng, 1000, 1000)
+    batches = epoch_batches(rng, order, lengths, batch_size=32, buckets=8)
+    assert len(batches) == steps_per_epoch(1000, 32, 1) and sorted(np.concatenate(batches).tolist()) == list(
+        range(1000)
+    )
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    plain = np.mean([np.ptp(lengths[b]) for b in epoch_batches(rng, order, lengths, 32, buckets=0)])
+    assert spread < 0.3 * plain  # a batch pads to its longest row: similar lengths waste little
+    assert not np.all(np.diff(lengths[np.concatenate(batches)]) >= 0)  # the batches themselves are shuffled
 
 
 def test_steps_per_epoch_count_the_short_batch_and_group() -> None:

@@ -164,7 +164,7 @@ def ctr_pairs(
     """Every click-prediction row of `sequences` (whole sequences as training parts) as one batch,
     sampled candidates drawn from `rng`: {"input_ids" [P, max_len], "candidates" [P], "labels" [P]}."""
     rows = click_rows(sequence_parts(sequences, ratings), max_len, num_items, rating_threshold, negatives_per_click)
-    histories, columns = rows.take(np.arange(len(rows)))
+    histories, columns = rows.take(np.arange(len(rows)), trim=False)
     candidates = columns["candidates"].copy()
     candidates[columns["sampled"]] = sampled_items(candidates[columns["sampled"]], num_items, rng)
     return {"input_ids": histories, "candidates": candidates, "labels": columns["labels"]}
