@@ -111,7 +111,8 @@ class TrainingConfig(Section):
     cl_crop_ratio: float = Field(0.6, gt=0, le=1)  # CL4SRec crop: share of the sequence kept
     cl_mask_ratio: float = Field(0.3, ge=0, lt=1)  # CL4SRec mask: share of items replaced by the mask token
     cl_reorder_ratio: float = Field(0.6, gt=0, le=1)  # CL4SRec reorder: share of the sequence shuffled
-    patience: int = Field(5, ge=1)  # early stopping: epochs without a better validation NDCG@10
+    patience: int = Field(5, ge=1)  # early stopping: epochs in a row without progress on validation NDCG@10
+    min_delta: float = Field(0.0, ge=0)  # progress = a gain over the best of more than this (best kept anyway)
     # Length-aware batching: an epoch's shuffled rows are cut into chunks of this many batches, each chunk
     # sorted by row length, so a batch holds rows of similar length and is padded only to its longest;
     # the batches are then shuffled. 0 or 1: batches of random rows (each still padded to its longest).

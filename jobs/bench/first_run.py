@@ -36,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repo", type=Path, default=REPO, help="the raysys checkout to run (default: this one)")
     parser.add_argument("--cold-ops", action="store_true", help="an empty DeepSpeed op cache too")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_first_run"))
+    parser.add_argument("overrides", nargs="*", help="dotted config overrides passed to the pipeline")
     return parser.parse_args()
 
 
@@ -51,7 +52,7 @@ def main() -> None:
         env["TORCH_EXTENSIONS_DIR"] = str(scratch / "torch_extensions")
     run_dir = out / "run"
     command = [sys.executable, "-m", "raysys.cli", "pipeline", "--config", "jobs/configs/quickstart.yaml"]
-    command += [f"data.cache_dir={scratch / 'data'}", "--out", str(run_dir)]
+    command += [*args.overrides, f"data.cache_dir={scratch / 'data'}", "--out", str(run_dir)]
     load = os.getloadavg()
     start = time.perf_counter()
     with open(out / "console.txt", "w") as console:
@@ -75,10 +76,26 @@ def main() -> None:
         "lines_printed": len(printed.splitlines()),
         "test_ndcg@10": {name: m["metrics"]["test"]["ndcg@10"] for name, m in summary["models"].items()},
         "student_cold_hr@10": summary["models"]["student"]["metrics"].get("test/cold_items", {}).get("hr@10"),
+        "epochs": {name: epochs(run_dir / name / "history.jsonl") for name in ("teacher", "student")},
         "headline": headline(run_dir / "report.html"),
     }
     (out / "first_run.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def epochs(history: Path) -> dict[str, Any] | None:
+    """Epochs run, the best one (by validation NDCG@10) and its value, from a stage's history."""
+    if not history.is_file():
+        return None
+    records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    best = max(records, key=lambda record: record.get("valid_ndcg@10", float("-inf")))
+    seconds = [record.get("seconds", record.get("train_seconds", 0.0)) for record in records]
+    return {
+        "run": len(records),
+        "best": best["epoch"],
+        "best_valid_ndcg@10": best.get("valid_ndcg@10"),
+        "median_epoch_seconds": sorted(seconds)[len(seconds) // 2],
+    }
 
 
 def headline(report: Path) -> str | None:

@@ -114,6 +114,18 @@ def score_items(hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return scores.index_fill(-1, torch.arange(FIRST_ITEM_INDEX, device=scores.device), NEG_SCORE)
 
 
+def unseen_items(model: nn.Module) -> torch.Tensor | None:
+    """[num_items] bool: items absent from the training parts, which training never uses as negatives
+    (set by `raysys.train.tasks.base.pin_unseen_item_ids` for a model with item text), else None."""
+    items = getattr(model, "items", None)
+    return getattr(items, "unseen", None)
+
+
+def without_unseen(scores: torch.Tensor, unseen: torch.Tensor | None) -> torch.Tensor:
+    """[..., N] scores with the columns of `unseen` items set to NEG_SCORE (no-op for None)."""
+    return scores if unseen is None else scores.masked_fill(unseen, NEG_SCORE)
+
+
 def count_non_embedding_params(model: nn.Module) -> int:
     """Parameters outside every `nn.Embedding` (item, position and unused HF token tables).
 

@@ -13,7 +13,7 @@ import torch
 
 from raysys.config import DistillConfig, PretrainConfig
 from raysys.errors import RaysysError
-from raysys.models.common import SequenceModel, score_items
+from raysys.models.common import SequenceModel, score_items, unseen_items, without_unseen
 from raysys.objectives.contrastive import contrastive_loss
 from raysys.objectives.distillation import HiddenAlignment, kd_loss
 from raysys.objectives.masked_item import masked_item_loss
@@ -105,8 +105,10 @@ def distill_loss(
         t_state, t_logits = teacher_outputs(teacher, input_ids, labels)
         s_state = hidden[labels > 0] if teacher.is_causal else hidden[:, -1]
         if cfg.lambda_kd > 0:
-            s_logits = score_items(s_state, student.item_embeddings())
-            terms["kd"] = kd_loss(s_logits, t_logits, cfg.temperature, cfg.kd_topk)
+            # Items absent from training are no negatives here either: both distributions leave them out.
+            unseen = unseen_items(student)
+            s_logits = without_unseen(score_items(s_state, student.item_embeddings()), unseen)
+            terms["kd"] = kd_loss(s_logits, without_unseen(t_logits, unseen), cfg.temperature, cfg.kd_topk)
         if cfg.lambda_hidden > 0:
             if alignment is None:
                 raise ValueError("distill.lambda_hidden > 0 needs a HiddenAlignment(student_hidden, teacher_hidden)")

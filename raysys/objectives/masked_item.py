@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from raysys.config import TrainingConfig
-from raysys.models.common import SequenceModel
+from raysys.models.common import SequenceModel, unseen_items
 from raysys.objectives.next_item import labelled_positions
 from raysys.objectives.softmax import item_loss
 
@@ -23,4 +23,4 @@ def masked_item_loss(
     at masked positions, 0 elsewhere (see `raysys.data.batches.cloze_batch`).
     """
     h, y = labelled_positions(model.encode(input_ids), labels)
-    return item_loss(h, y, model.item_embeddings(), cfg, generator)
+    return item_loss(h, y, model.item_embeddings(), cfg, generator, unseen_items(model))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from raysys.config import TrainingConfig
-from raysys.models.common import SequenceModel
+from raysys.models.common import SequenceModel, unseen_items
 from raysys.objectives.softmax import item_loss
 
 
@@ -35,4 +35,4 @@ def next_item_loss(
     if hidden is None:
         hidden = model.encode(input_ids)
     h, y = labelled_positions(hidden, labels)
-    return item_loss(h, y, model.item_embeddings(), cfg, generator)
+    return item_loss(h, y, model.item_embeddings(), cfg, generator, unseen_items(model))

@@ -14,12 +14,14 @@ import torch.nn.functional as F
 
 from raysys.config import TrainingConfig
 from raysys.data.dataset import FIRST_ITEM_INDEX
-from raysys.models.common import NEG_SCORE, score_items
+from raysys.models.common import NEG_SCORE, score_items, without_unseen
 
 
-def full_softmax_loss(hidden: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over every real item (pad and mask are never candidates), [N, H] -> scalar."""
-    return F.cross_entropy(score_items(hidden, table).float(), labels)
+def full_softmax_loss(
+    hidden: torch.Tensor, labels: torch.Tensor, table: torch.Tensor, unseen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over every real item (pad, mask and `unseen` items are never candidates), [N, H] -> scalar."""
+    return F.cross_entropy(without_unseen(score_items(hidden, table), unseen).float(), labels)
 
 
 def uniform_negatives(
@@ -37,6 +39,7 @@ def sampled_softmax_loss(
     table: torch.Tensor,
     num_negatives: int,
     generator: torch.Generator | None = None,
+    unseen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled softmax with in-batch + uniform negatives and logQ correction, [N, H] -> scalar.
 
@@ -44,7 +47,7 @@ def sampled_softmax_loss(
     logit is lowered by log(expected count of that item among the candidates) = log(c_j + K / M)
     (c_j: its in-batch count, M: real items), which removes the popularity bias of in-batch
     negatives (Yi et al., 2019). Other columns holding row i's own target ("accidental hits") are
-    dropped, so a positive is never pushed down as a negative.
+    dropped, so a positive is never pushed down as a negative; so are draws of `unseen` items.
     """
     N = labels.shape[0]
     num_real = table.shape[0] - FIRST_ITEM_INDEX
@@ -59,6 +62,8 @@ def sampled_softmax_loss(
     own = torch.arange(N, device=labels.device)
     hit = candidates[None, :] == labels[:, None]
     hit[own, own] = False
+    if unseen is not None:
+        hit |= unseen[candidates][None, :]
     logits = logits.masked_fill(hit, NEG_SCORE)
     return F.cross_entropy(logits, own)
 
@@ -69,8 +74,10 @@ def item_loss(
     table: torch.Tensor,
     cfg: TrainingConfig,
     generator: torch.Generator | None = None,
+    unseen: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`cfg.loss` picks full or sampled softmax (with `cfg.num_negatives`); [N, H] -> scalar.
+    `unseen` [num_items] bool: items never used as negatives (`raysys.models.common.unseen_items`).
 
     With no labelled position the loss is a zero that still depends on the parameters, so every
     worker runs the same backward graph.
@@ -78,8 +85,8 @@ def item_loss(
     if labels.numel() == 0:
         return hidden.sum() * 0.0 + table.sum() * 0.0
     if cfg.loss == "sampled":
-        return sampled_softmax_loss(hidden, labels, table, cfg.num_negatives, generator)
-    return full_softmax_loss(hidden, labels, table)
+        return sampled_softmax_loss(hidden, labels, table, cfg.num_negatives, generator, unseen)
+    return full_softmax_loss(hidden, labels, table, unseen)
 
 
 def uniform_loss(num_items: int) -> float:

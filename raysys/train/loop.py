@@ -189,7 +189,7 @@ def train_epochs(run: Run, state: TrainState, best: Weights | None, report: Repo
         model = run.engine.eval_model()
         valid = run.evaluate(model, "valid")
         record = epoch_record(epoch, run.engine.steps, terms, valid, time.perf_counter() - start)
-        if state.advance(record, valid, run.task.metric):
+        if state.advance(record, valid, run.task.metric, cfg.min_delta):
             best = weights
         if state.finished(cfg.epochs, cfg.patience) and test:
             model.load_state_dict(best)

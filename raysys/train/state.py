@@ -2,8 +2,8 @@
 
     state = TrainState()                                    # or TrainState.from_dict(checkpointed)
     record = epoch_record(epoch, step, terms, valid, seconds)
-    improved = state.advance(record, valid, task.metric)    # one "improved" rule: strictly better
-    state.finished(epochs, patience)
+    improved = state.advance(record, valid, task.metric, min_delta)   # one "improved" rule: strictly better
+    state.finished(epochs, patience)                        # patience counts epochs without progress
 
 A history record (one per epoch; `history.jsonl`, TensorBoard, `tune.report`, `ray.train.report`):
 
@@ -35,7 +35,7 @@ class TrainState:
     step: int = 0  # optimizer steps done
     best_epoch: int = 0
     best_valid: dict[str, float] = field(default_factory=dict)  # validation metrics of the best epoch
-    bad_epochs: int = 0  # epochs since the best one
+    bad_epochs: int = 0  # epochs in a row without progress (a gain over the best of more than min_delta)
     history: list[dict[str, Any]] = field(default_factory=list)
     test: dict[str, float] | None = None  # test metrics of the best weights, set when the run finishes
     resumed_from: list[int] = field(default_factory=list)  # the step of each checkpoint this run resumed from
@@ -47,14 +47,20 @@ class TrainState:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def advance(self, record: dict[str, Any], valid: dict[str, float], metric: str) -> bool:
-        """Take one finished epoch; returns whether it is the new best (strictly better on `metric`)."""
+    def advance(self, record: dict[str, Any], valid: dict[str, float], metric: str, min_delta: float = 0.0) -> bool:
+        """Take one finished epoch; returns whether it is the new best (strictly better on `metric`).
+
+        Early stopping counts epochs without progress: an epoch makes progress when it beats the best
+        so far by more than `min_delta`. A smaller gain still makes it the best epoch (its weights are
+        kept), but it does not reset the patience count, so a run that only creeps up stops.
+        """
         self.epoch, self.step = record["epoch"], record["step"]
-        improved = not self.best_valid or valid[metric] > self.best_valid[metric]
+        first = not self.best_valid
+        improved = first or valid[metric] > self.best_valid[metric]
+        progress = first or valid[metric] > self.best_valid[metric] + min_delta
+        self.bad_epochs = 0 if progress else self.bad_epochs + 1
         if improved:
-            self.best_epoch, self.best_valid, self.bad_epochs = self.epoch, valid, 0
-        else:
-            self.bad_epochs += 1
+            self.best_epoch, self.best_valid = self.epoch, valid
         record.update({"best_epoch": self.best_epoch, f"best_valid_{metric}": self.best_valid[metric]})
         self.history.append(record)
         return improved

@@ -63,3 +63,18 @@ def test_item_loss_dispatches_and_handles_no_labels() -> None:
     assert empty.item() == 0.0
     empty.backward()
     assert table.grad is not None
+
+
+def test_unseen_items_are_never_negatives() -> None:
+    torch.manual_seed(0)
+    table = torch.randn(12, 8, requires_grad=True)
+    hidden, labels = torch.randn(6, 8), torch.tensor([2, 3, 4, 5, 2, 3])
+    unseen = torch.zeros(12, dtype=torch.bool)
+    unseen[6:] = True
+    full = full_softmax_loss(hidden, labels, table, unseen)
+    assert full.item() == pytest.approx(full_softmax_loss(hidden, labels, table[:6]).item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(full, table)
+    assert not grad[6:].any() and grad[2:6].abs().sum() > 0  # an unseen item's embedding is never pushed away
+    sampled = sampled_softmax_loss(hidden, labels, table, num_negatives=64, unseen=unseen)
+    (grad,) = torch.autograd.grad(sampled, table)
+    assert not grad[6:].any()  # uniform draws of unseen items are dropped like accidental hits

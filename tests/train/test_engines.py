@@ -89,4 +89,5 @@ def test_unseen_items_keep_a_zero_id_embedding() -> None:
     weight = model.items.id_embedding.weight
     assert not weight[6:].any()  # items 6..11 never trained: ID part stays 0, the text part scores them
     assert weight[2:6].abs().sum(dim=1).min() > 0 and weight[1].abs().sum() > 0  # seen items and mask train
+    assert model.items.unseen.tolist() == [False] * 6 + [True] * 6  # and no loss takes them as negatives
     handle.remove()

@@ -62,3 +62,13 @@ def test_state_keeps_the_strictly_better_epoch_and_stops_on_patience() -> None:
     assert last["best_epoch"] == 2 and last["best_valid_ndcg@10"] == 0.3 and "valid_num_users" not in last
     assert last["step"] == 40 and "step_losses" not in scalars(last)
     assert TrainState.from_dict(state.to_dict()) == state
+
+
+def test_gains_within_min_delta_keep_the_best_weights_but_use_up_patience() -> None:
+    state = TrainState()
+    improved = []
+    for epoch, value in enumerate([0.30, 0.40, 0.402, 0.404], start=1):
+        record = epoch_record(epoch, epoch, {"loss": 1.0, "step_losses": [1.0]}, {"ndcg@10": value}, 1.0)
+        improved.append(state.advance(record, {"ndcg@10": value}, "ndcg@10", min_delta=0.005))
+    assert improved == [True, True, True, True] and state.best_epoch == 4  # the best epoch is the best value
+    assert state.bad_epochs == 2 and state.finished(epochs=10, patience=2)  # but 0.402 and 0.404 are no progress
