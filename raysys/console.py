@@ -10,8 +10,9 @@ results table at the end; Ray's own output goes to the run directory's log inste
 Redirecting the file descriptors (not only `sys.stdout`) is what silences Ray: its driver-side logs,
 the worker output it streams to the driver, Ray Data's progress rows, Tune's tables and the
 warnings of every library all write to fds 1 and 2, and the processes the driver starts inherit
-them. raysys's own warnings (the `raysys` logger) still reach the terminal. Progress bars are drawn
-only on a terminal (rich); elsewhere (a log, `ray job logs`) the same lines print plainly.
+them. raysys's own warnings (the `raysys` logger) still reach the terminal. On a terminal a training
+stage also shows a progress bar of its epochs (rich), with the epoch lines printed above it; elsewhere
+(a log, `ray job logs`) only the lines print.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,6 +38,7 @@ class Console:
 
     def __init__(self) -> None:
         self.terminal: tuple[TextIO, TextIO] | None = None
+        self.live: Any = None  # the rich Progress being drawn (lines then print above it)
 
     @property
     def out(self) -> TextIO:
@@ -51,7 +53,30 @@ class Console:
         return bool(getattr(self.out, "isatty", lambda: False)())
 
     def say(self, text: str = "") -> None:
+        if self.live is not None:
+            self.live.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            return
         print(text, file=self.out, flush=True)
+
+    @contextmanager
+    def progress(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A progress bar (spinner, bar, done/total, elapsed) on a terminal, none elsewhere; yields
+        `update(done)`. Lines said meanwhile print above it; it disappears when the block ends."""
+        if not self.interactive:
+            yield lambda done: None
+            return
+        from rich.console import Console as Rich
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        columns = (SpinnerColumn(), TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        bar = Progress(*columns, console=Rich(file=self.out), transient=True)
+        task = bar.add_task(label, total=total)
+        with bar:
+            self.live = bar
+            try:
+                yield lambda done: bar.update(task, completed=done)
+            finally:
+                self.live = None
 
     def warn(self, text: str) -> None:
         print(f"warning: {text}", file=self.err, flush=True)
@@ -149,19 +174,21 @@ def follow_history(run_dir: Path, stage: str, epochs: int, interval: float = 0.5
             if record["epoch"] not in shown:
                 shown.add(record["epoch"])
                 console.epoch(stage, record, epochs, started)
+                update(max(shown))
 
     def loop() -> None:
         while not stop.wait(interval):
             poll()
 
-    thread = threading.Thread(target=loop, name=f"raysys-{stage}-history", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        poll()
+    with console.progress(f"{stage} epochs", epochs) as update:
+        thread = threading.Thread(target=loop, name=f"raysys-{stage}-history", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            poll()
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

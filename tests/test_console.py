@@ -60,3 +60,32 @@ def test_epoch_lines_follow_the_history_once_each(tmp_path: Path, capsys) -> Non
 def test_stage_lines_and_durations() -> None:
     assert stage_line("✓", "teacher", duration(71.2), "best epoch 11") == "✓ teacher         1:11  best epoch 11"
     assert duration(42.4) == "42 s" and stage_line("▶", "prepare", "", "") == "▶ prepare"
+
+
+def test_on_a_terminal_a_training_stage_draws_an_epoch_bar_with_the_lines_above_it(tmp_path: Path) -> None:
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    terminal = os.fdopen(follower, "w", buffering=1, encoding="utf-8")
+    previous, console.terminal = console.terminal, (terminal, terminal)
+    try:
+        assert console.interactive
+        with follow_history(tmp_path, "teacher", epochs=2, interval=0.05):
+            time.sleep(0.3)
+            record = {"epoch": 1, "loss": 4.0, "valid_ndcg@10": 0.2, "seconds": 2.0}
+            (tmp_path / "history.jsonl").write_text(json.dumps(record) + "\n")
+            time.sleep(0.5)
+    finally:
+        console.terminal = previous
+        terminal.close()
+    drawn = b""
+    while select.select([leader], [], [], 0.2)[0]:
+        try:
+            drawn += os.read(leader, 65536)
+        except OSError:
+            break
+    os.close(leader)
+    text = drawn.decode("utf-8", "replace")
+    assert "teacher epochs" in text and "0/2" in text and "1/2" in text  # the bar, before and after epoch 1
+    assert "teacher    epoch   1/2" in text and console.live is None
