@@ -116,7 +116,9 @@ class TrainingConfig(Section):
     # Length-aware batching: an epoch's shuffled rows are cut into chunks of this many batches, each chunk
     # sorted by row length, so a batch holds rows of similar length and is padded only to its longest;
     # the batches are then shuffled. 0 or 1: batches of random rows (each still padded to its longest).
-    length_buckets: int = Field(50, ge=0)
+    # Off by default: on ml-100k, 2 seeds, 50 buckets lowered valid NDCG@10 (teacher 0.1319/0.1307 ->
+    # 0.1206/0.1143, student 0.1264/0.1302 -> 0.1173/0.1191) for no gain in time (full 50-item windows).
+    length_buckets: int = Field(0, ge=0)
     num_workers: int = Field(1, ge=1)
     zero_stage: Literal[0, 1, 2, 3] = 0
     cpus_per_worker: float = Field(1.0, gt=0)  # Ray CPUs per train worker; fractional leaves room for Ray Data

@@ -6,7 +6,7 @@ The story of an epoch (`run_epoch`):
 
     rng, generator = epoch_randomness(seed, epoch, rank)      # also seeds torch's global RNG (dropout)
     order = epoch_order(rng, len(rows), num_rows)             # every rank trains the same number of rows
-    batches = epoch_batches(rng, order, ...)                  # length-aware: similar lengths, little padding
+    batches = epoch_batches(rng, order, ...)                  # with length_buckets: similar lengths per batch
     -> groups of grad_accum micro-batches (the last group may be short)
     per micro-batch: task.batch(rows, indices, rng) -> task.loss -> backward(loss / len(group))
     per group: engine.step() (clip, AdamW, lr schedule) -> fault injection
