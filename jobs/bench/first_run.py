@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from raysys.bench.memory import PeakMemorySampler
+from raysys.train.history import read_history
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,25 +78,25 @@ def main() -> None:
         "lines_printed": len(printed.splitlines()),
         "test_ndcg@10": {name: m["metrics"]["test"]["ndcg@10"] for name, m in summary["models"].items()},
         "student_cold_hr@10": summary["models"]["student"]["metrics"].get("test/cold_items", {}).get("hr@10"),
-        "epochs": {name: epochs(run_dir / name / "history.jsonl") for name in ("teacher", "student")},
+        "epochs": {name: epochs(run_dir / name) for name in ("teacher", "student")},
         "headline": headline(run_dir / "report.html"),
     }
     (out / "first_run.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
-def epochs(history: Path) -> dict[str, Any] | None:
+def epochs(stage_dir: Path) -> dict[str, Any] | None:
     """Epochs run, the best one (by validation NDCG@10) and its value, from a stage's history."""
-    if not history.is_file():
+    records = read_history(stage_dir)
+    if not records:
         return None
-    records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
     best = max(records, key=lambda record: record.get("valid_ndcg@10", float("-inf")))
-    seconds = [record.get("seconds", record.get("train_seconds", 0.0)) for record in records]
+    seconds = [record.get("seconds", record.get("train_seconds", 0.0)) for record in records]  # (parent: train_)
     return {
         "run": len(records),
         "best": best["epoch"],
         "best_valid_ndcg@10": best.get("valid_ndcg@10"),
-        "median_epoch_seconds": sorted(seconds)[len(seconds) // 2],
+        "median_epoch_seconds": statistics.median_low(seconds),
     }
 
 
