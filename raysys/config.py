@@ -228,6 +228,9 @@ class ServeConfig(ReplicaOptions):
     """The online endpoint: the Serve application, its deployment options and replica settings."""
 
     model_dir: str | None = None
+    # haproxy: Serve's high-throughput HAProxy ingress (raysys/serve/ingress.py); proxy: its Python proxy.
+    # Fixed when Ray starts: raysys sets it for the clusters it starts; `ray start` needs it exported.
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "raysys"

@@ -22,6 +22,11 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        from raysys.config import ServeConfig
+        from raysys.serve.ingress import apply_ingress_env
+
+        # The shipped HTTP ingress (HAProxy); the served app's request timeout is 3 s (tests/serve).
+        apply_ingress_env(ServeConfig(request_timeout_s=3.0))
         # The dashboard must be ours: Ray Train asks it (127.0.0.1:8265) whether a run is still alive.
         ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False, configure_logging=False)
     yield ray

@@ -73,7 +73,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         stage_hashes(cfg),
         remote,
         force=cfg.pipeline.force or getattr(args, "force", False),
-        setup=lambda: initialised_ray.append(init_ray()),
+        setup=lambda: initialised_ray.append(init_ray(cfg)),
     )
     try:
         summary = run_stages(cfg, runner)
@@ -158,13 +158,17 @@ def sync_down(remote: str, root: Path, cfg: Config) -> None:
     cfg.save(root / "config.yaml")
 
 
-def init_ray() -> bool:
-    """Connect to the cluster (RAY_ADDRESS, e.g. inside `ray job submit`) or start a local one;
-    True when this call initialised Ray in this process (so the pipeline disconnects at the end)."""
+def init_ray(cfg: Config) -> bool:
+    """Connect to the cluster (RAY_ADDRESS, e.g. inside `ray job submit`) or start a local one (with
+    the serve smoke test's HTTP ingress); True when this call initialised Ray in this process (so the
+    pipeline disconnects at the end)."""
     import ray
+
+    from raysys.serve.ingress import apply_ingress_env
 
     if ray.is_initialized():
         return False
+    apply_ingress_env(cfg.serve)
     context = ray.init(include_dashboard=True)  # Ray Train V2 asks the dashboard whether a run is alive
     console.say(f"  Ray started (dashboard {context.dashboard_url or 'not running'})")
     return True

