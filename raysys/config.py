@@ -218,7 +218,7 @@ class ReplicaOptions(Section):
     # 0: a batch is whatever queued while the previous one ran (no added wait at low load; measured
     # +8 ms p50 with 0.005 on 2 cores, and no throughput gain under load)
     batch_wait_timeout_s: float = Field(0.0, ge=0)
-    max_history: int = Field(200, ge=1)  # most recent items of a history that count (scoring + seen)
+    max_history: int = Field(200, ge=1)  # most recent known ids the model reads (exclude_seen covers all)
     max_body_bytes: int = Field(262_144, ge=1024)  # larger request bodies: 413
     torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
     int8: bool = False  # dynamic int8 quantisation of the student's Linear layers (CPU serving)

@@ -57,7 +57,14 @@ from raysys.serve.schemas import (
 )
 from raysys.serve.scoring import Query, ServingModel
 from raysys.serve.settings import DEPLOYMENT_NAME, ReplicaSettings
-from raysys.serve.state import LiveSnapshot, LiveStore, LiveStoreClient, StoreUnavailable
+from raysys.serve.state import (
+    WRITE_TIMEOUT_S,
+    LiveMirror,
+    LiveSnapshot,
+    LiveStore,
+    LiveStoreClient,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -93,6 +100,7 @@ class Recommender:
         self.metrics = ServeMetrics()
         self.store = LiveStoreClient(lambda: serve.get_deployment_actor(LIVE_STORE_NAME))
         self.replica_tag = serve.get_replica_context().replica_tag  # sent back in REPLICA_HEADER
+        self.mirror = LiveMirror(self.store, self.replica_tag)  # the store's changes, pushed here
         self._reload_lock = asyncio.Lock()
         self._encoder_task: asyncio.Task | None = None
 
@@ -107,16 +115,33 @@ class Recommender:
             settings = ReplicaSettings.model_validate(user_config)
         except ValidationError as exc:
             raise ValueError(f"invalid user_config for {DEPLOYMENT_NAME}: {exc}") from None
+        settings = await self._settle_api_key(settings)
+        self.mirror.start()
         torch.set_num_threads(settings.torch_threads)
         self._recommend_batched.set_max_batch_size(settings.max_batch_size)
         self._recommend_batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         async with self._reload_lock:
             if self._needs_load(settings):
                 model = await asyncio.to_thread(ServingModel.load, settings.model_dir, int8=settings.int8)
-                self._sync_items(model, await self._read_store_or_empty([], 0))
+                self._sync_items(model, await self._read_store_or_empty([], model))
                 self.model = model  # one reference swap: in-flight batches keep the model they started with
                 logger.info("serving model %s from %s", model.version, settings.model_dir)
             self.settings = settings
+
+    async def _settle_api_key(self, settings: ReplicaSettings) -> ReplicaSettings:
+        """A config naming no key keeps the key in force (this replica's, or the one the store
+        remembers for replicas started since); it never turns a key off silently."""
+        named = settings.api_key_sha256
+        try:
+            in_force = await self.store.call("api_key", named)
+        except StoreUnavailable:
+            in_force = None
+        if named is None and in_force is not None:
+            settings = settings.model_copy(update={"api_key_sha256": in_force})
+        settings = settings.keeping_key_of(self.settings)
+        if named is None and settings.key_required:
+            logger.warning('user_config names no api_key_sha256: the API key stays on ("off" turns it off)')
+        return settings
 
     def _needs_load(self, settings: ReplicaSettings) -> bool:
         """A new directory or precision, or the same directory re-exported with another model version."""
@@ -143,12 +168,15 @@ class Recommender:
         return await self.predict(requests)
 
     async def predict(self, batch: list[RecommendRequest]) -> list[RecommendResponse]:
-        """Answer a batch: one live-store read, then `ServingModel.predict` in a worker thread."""
+        """Answer a batch: live events from the local mirror (the store itself only when the mirror is
+        not current), then `ServingModel.predict` in a worker thread."""
         model, settings = self.model, self.settings
         users = [r.user_id for r in batch if r.history is None]
-        start = time.perf_counter()
-        snapshot = await self._read_store_or_empty(users, model.synced_store_items)
-        self.metrics.record_store_read(model.version, 1000 * (time.perf_counter() - start))
+        snapshot = self.mirror.read(users, model.synced_store_items, model.synced_store_epoch)
+        if snapshot is None:
+            start = time.perf_counter()
+            snapshot = await self._read_store_or_empty(users, model)
+            self.metrics.record_store_read(model.version, 1000 * (time.perf_counter() - start))
         self._sync_items(model, snapshot)
         queries = [self._query(r, model, snapshot, settings.max_history) for r in batch]
         results = await asyncio.to_thread(model.predict, queries)
@@ -173,15 +201,16 @@ class Recommender:
             history = request.history
         else:
             history = model.user_histories.get(request.user_id, []) + snapshot.events.get(request.user_id, [])
-        return Query(history[-max_history:], request.k, request.exclude_seen, request.exclude)
+        # exclude_seen covers the whole history; the model reads its most recent `max_history` ids
+        return Query(history, request.k, request.exclude_seen, request.exclude, max_inputs=max_history)
 
     # ---------------------------------------------------------------------------- /events, /items
 
     async def post_events(self, request: EventsRequest) -> EventsResponse:
         try:
-            live = await self.store.call("append_events", request.user_id, request.item_ids)
+            live = await self.store.call("append_events", request.user_id, request.item_ids, timeout_s=WRITE_TIMEOUT_S)
         except StoreUnavailable as exc:
-            raise unavailable(str(exc)) from None
+            raise unavailable(exc) from None
         index = self.model.catalog.index
         unknown = [i for i in request.item_ids if i not in index]
         return EventsResponse(
@@ -200,10 +229,10 @@ class Recommender:
             raise HTTPException(409, f"item {request.item_id!r} is already in the catalog")
         embedding = await self._embed_text(request.text)
         try:
-            added = await self.store.call("add_item", request.item_id, embedding)
-            snapshot = await self.store.call("read", [], model.synced_store_items)
+            added = await self.store.call("add_item", request.item_id, embedding, timeout_s=WRITE_TIMEOUT_S)
+            snapshot = await self.store.call("read", [], model.synced_store_items, model.synced_store_epoch)
         except StoreUnavailable as exc:
-            raise unavailable(str(exc)) from None
+            raise unavailable(exc) from None
         if not added:
             raise HTTPException(409, f"item {request.item_id!r} was already added")
         self._sync_items(model, snapshot)
@@ -224,18 +253,23 @@ class Recommender:
 
     # ---------------------------------------------------------------------------- live store
 
-    async def _read_store_or_empty(self, users: list[str], known_items: int) -> LiveSnapshot:
-        """The live snapshot, or an empty one when the store is unreachable: recommendations then
-        use the training histories only, which beats failing the request."""
+    async def _read_store_or_empty(self, users: list[str], model: ServingModel) -> LiveSnapshot:
+        """The store's snapshot for `users` and what `model` has not taken in, or an empty one when
+        the store is unreachable: recommendations then use the training histories only, which beats
+        failing the request."""
+        known, epoch = model.synced_store_items, model.synced_store_epoch
         try:
-            return await self.store.call("read", users, known_items)
+            return await self.store.call("read", users, known, epoch)
         except StoreUnavailable as exc:
             logger.warning("live store unavailable, serving without live events: %s", exc)
-            return LiveSnapshot(total_items=known_items)
+            return LiveSnapshot(total_items=known, epoch=epoch)
 
     @staticmethod
     def _sync_items(model: ServingModel, snapshot: LiveSnapshot) -> None:
-        """Take the items added since this model last looked into its catalog."""
+        """Take the items added since this model last looked into its catalog (all of a new store's:
+        `add_items` skips the ids the catalog has)."""
+        if snapshot.epoch != model.synced_store_epoch:  # a new store: its items were all read
+            model.synced_store_epoch, model.synced_store_items = snapshot.epoch, -1
         if snapshot.total_items <= model.synced_store_items:
             return
         if model.uses_text and snapshot.new_items:
@@ -263,9 +297,9 @@ class Recommender:
 
     def authorized(self, scope: Scope) -> bool:
         """True when no API key is configured, the path is open, or the request's key matches."""
-        expected = self.settings.api_key_sha256 if self.settings else None
-        if expected is None or scope["path"] in OPEN_PATHS:
+        if self.settings is None or not self.settings.key_required or scope["path"] in OPEN_PATHS:
             return True
+        expected = self.settings.api_key_sha256
         given = dict(scope["headers"]).get(API_KEY_HEADER.lower().encode(), b"")
         return hmac.compare_digest(hashlib.sha256(given).hexdigest(), expected)
 
@@ -279,13 +313,16 @@ class Recommender:
         self.metrics.record_request(endpoint, status, version, latency_ms)
 
 
-def unavailable(reason: str) -> HTTPException:
-    return HTTPException(503, f"live store unavailable, retry shortly ({reason})", {"Retry-After": str(RETRY_AFTER_S)})
+def unavailable(exc: Exception) -> HTTPException:
+    """503 with Retry-After; the reason goes to the log, not to the client (it names internals)."""
+    logger.warning("live store unavailable: %s", exc)
+    return HTTPException(503, "the event store is unavailable; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
 
 
 class Guard:
-    """ASGI middleware in front of every route: API key (401), body size limit (413), the request
-    counter / latency histogram and the replica header. It runs before the body is read or parsed."""
+    """ASGI middleware in front of every route: API key (401), JSON content type (415), body size limit
+    (413), the request counter / latency histogram and the replica header. It runs before the body is
+    read or parsed, and every error it answers is JSON like the app's own."""
 
     def __init__(self, app: ASGIApp, service: Recommender) -> None:
         self.app = app
@@ -296,19 +333,26 @@ class Guard:
             await self.app(scope, receive, send)
             return
         start, status = time.perf_counter(), 500  # stays 500 if the app raises before responding
+        too_large = False
 
         async def send_and_note_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, too_large
             if message["type"] == "http.response.start":
                 status = message["status"]
-                replica = (REPLICA_HEADER.encode(), self.service.replica_tag.encode())
-                message = {**message, "headers": [*message.get("headers", []), replica]}
+                headers = [*message.get("headers", []), (REPLICA_HEADER.encode(), self.service.replica_tag.encode())]
+                too_large = status == 413 and (b"content-type", b"text/plain; charset=utf-8") in headers
+                if too_large:  # starlette's body limit answers in plain text
+                    headers = [h for h in headers if h[0] not in (b"content-type", b"content-length")]
+                    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(TOO_LARGE))]
+                message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and too_large:
+                message = {**message, "body": TOO_LARGE}
             await send(message)
 
         try:
-            if not self.service.authorized(scope):
-                detail = f"missing or wrong API key: send it in the {API_KEY_HEADER} header"
-                await JSONResponse({"detail": detail}, 401)(scope, receive, send_and_note_status)
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                await JSONResponse({"detail": refusal[1]}, refusal[0])(scope, receive, send_and_note_status)
                 return
             limited = RequestBodyLimitResponder(self.app, self.service.max_body_bytes)
             await limited(scope, receive, send_and_note_status)
@@ -317,6 +361,20 @@ class Guard:
             raise
         finally:
             self.service.record_request(scope["path"], status, 1000 * (time.perf_counter() - start))
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """(status, detail) for a request refused before its body is read, else None."""
+        if not self.service.authorized(scope):
+            return 401, f"missing or wrong API key: send it in the {API_KEY_HEADER} header"
+        if scope["method"] == "POST" and scope["path"] in ENDPOINTS:
+            content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            if content_type.split(";")[0].strip().lower() != "application/json":
+                given = f"got {content_type!r}" if content_type else "none given"
+                return 415, f"content-type must be application/json ({given})"
+        return None
+
+
+TOO_LARGE = b'{"detail":"request body too large (serve.max_body_bytes)"}'
 
 
 async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -19,8 +19,17 @@ MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 10_000  # item text for /items; the encoder reads its first 256 word pieces anyway
 
 
+def _unicode(text: str) -> str:
+    """JSON may carry lone UTF-16 surrogates ("\\udfff"), which no answer can be written with."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone UTF-16 surrogate)") from None
+    return text
+
+
 def _id_text(value: str | int) -> str:
-    text = str(value)
+    text = _unicode(str(value))
     if not text or len(text) > MAX_ID_CHARS:
         raise ValueError(f"an id must be 1..{MAX_ID_CHARS} characters")
     return text
@@ -86,7 +95,7 @@ class ItemRequest(Strict):
     """POST /items: a new item, scored from its text embedding (models trained with item text)."""
 
     item_id: Id
-    text: StrictStr = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    text: Annotated[StrictStr, AfterValidator(_unicode)] = Field(min_length=1, max_length=MAX_TEXT_CHARS)
 
 
 class ItemResponse(BaseModel):

@@ -38,8 +38,9 @@ class Query:
 
     history: Sequence[str]
     k: int = 10
-    exclude_seen: bool = True
+    exclude_seen: bool = True  # every id of the history, however long
     exclude: Sequence[str] = ()
+    max_inputs: int | None = None  # the model reads at most this many of the most recent known ids
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class ServingModel:
             table = self.model.item_embeddings().detach().float().contiguous()
         self.catalog = _base_catalog(loaded, table)
         self.synced_store_items = 0  # how many of the live store's added items this catalog has taken in
+        self.synced_store_epoch = ""  # ... of which store incarnation
 
     @classmethod
     def load(cls, path: str, *, int8: bool = False) -> ServingModel:
@@ -146,7 +148,8 @@ class ServingModel:
         unknown += [i for i in query.exclude if i not in index]
         banned = [index[i] for i in query.exclude if i in index] + (known if query.exclude_seen else [])
         # Added items have no input embedding: they count as seen but cannot be fed to the model.
-        inputs = np.asarray([i for i in known if i < self.num_model_items], dtype=np.int64)
+        inputs = [i for i in known if i < self.num_model_items][-(query.max_inputs or len(known)) :]
+        inputs = np.asarray(inputs, dtype=np.int64)
         return inputs, np.asarray(banned, dtype=np.int64), unknown
 
     def _score(self, histories: list[np.ndarray], catalog: Catalog) -> torch.Tensor:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+
+from pydantic import field_validator
 
 from raysys.config import ReplicaOptions, ServeConfig
 from raysys.errors import RaysysError
 
 DEPLOYMENT_NAME = "Recommender"
+KEY_OFF = "off"
 
 
 class ReplicaSettings(ReplicaOptions):
@@ -20,7 +24,27 @@ class ReplicaSettings(ReplicaOptions):
     setting; all of it can change without restarting replicas."""
 
     model_dir: str
-    api_key_sha256: str | None = None  # hex SHA-256 of the API key; None = no key needed
+    # Hex SHA-256 of the API key. None (or absent) keeps the key the replicas have, so a redeploy that
+    # forgets it never opens the endpoint (a first deploy without one serves without a key); "off"
+    # turns a key off on purpose.
+    api_key_sha256: str | None = None
+
+    @field_validator("api_key_sha256")
+    @classmethod
+    def _hex_or_off(cls, value: str | None) -> str | None:
+        if value is not None and value != KEY_OFF and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError(f'api_key_sha256 must be 64 lowercase hex digits (a SHA-256), "{KEY_OFF}" or null')
+        return value
+
+    @property
+    def key_required(self) -> bool:
+        return self.api_key_sha256 not in (None, KEY_OFF)
+
+    def keeping_key_of(self, current: ReplicaSettings | None) -> ReplicaSettings:
+        """These settings, with `current`'s key when they name none."""
+        if self.api_key_sha256 is None and current is not None and current.key_required:
+            return self.model_copy(update={"api_key_sha256": current.api_key_sha256})
+        return self
 
     @classmethod
     def from_config(cls, cfg: ServeConfig, model_dir: str) -> ReplicaSettings:

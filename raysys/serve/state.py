@@ -1,32 +1,45 @@
 """The live state every replica must agree on: events posted since training, items added since.
 
 One `LiveStore` actor per deployment (a Serve *deployment-scoped actor*: created with the
-deployment, shared by all its replicas, removed with it) holds
+deployment, shared by all its replicas, removed with it) holds the truth, a `LiveState`:
 
 - per user, the item ids posted to `/events` (most recent last, the last `max_events_per_user`);
 - the items posted to `/items`, in arrival order, with their 384-d text embeddings.
 
-Why one actor read per batch rather than broadcasting to replicas: a `POST /events` returns only
-after the actor has appended, and every `/recommend` batch reads the actor before scoring, so the
-next request sees the event whichever replica serves it (read-your-writes across replicas) with no
-fan-out, acknowledgement protocol or replica membership to track. The price is one actor round
-trip per *batch* (not per request), measured by jobs/bench/serving.py. The same round trip carries
-the items added since the replica last looked (`known_items`), so catalogs stay in step too.
+Every replica keeps a `LiveMirror`: a local copy the store pushes changes to, so a `/recommend`
+batch reads memory instead of making an actor call. The push is a long poll: each mirror keeps one
+`follow(since=version)` call open; the store answers it as soon as something changes, with the
+changes (`Delta`s) after `version`, and the mirror's next `follow` acknowledges them.
 
-Events are keyed by original ids, so they survive a hot reload to a model with another vocabulary.
-The store is memory only: a restarted store starts empty, and replicas fall back to the training
-histories until events arrive again.
+Read-your-writes across replicas holds through leases. A write (`append_events`, `add_item`) returns
+only once every mirror holding a lease has acknowledged it, or its lease ran out. A mirror reads
+locally only while its own lease runs (from the *sending* time of its last answered follow, so it
+always expires before the store's view of it); outside it, the replica reads the store (the old path,
+one actor call per batch). A stalled replica therefore delays writes by at most a lease, never
+serves stale data, and a fresh store (after a crash; its `epoch` changes) sends each mirror a full
+copy. Events are keyed by original ids, so they survive a hot reload to a model with another
+vocabulary. The store keeps everything in memory: a restarted store starts empty.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+logger = logging.getLogger("ray.serve")
+
+LEASE_S = 2.0  # how long a mirror's acknowledged state counts as current
+LEASE_MARGIN_S = 0.5  # the store's view of a lease outlasts the mirror's by this much
+FOLLOW_WAIT_S = 0.5  # a follow call is answered after at most this long, changes or not
+MAX_DELTAS = 10_000  # changes kept for mirrors that are behind; older: a full copy
 
 
 @dataclass(frozen=True)
@@ -36,48 +49,165 @@ class LiveSnapshot:
     events: dict[str, list[str]] = field(default_factory=dict)
     new_items: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (item_id, [384] float32)
     total_items: int = 0  # items added so far (the next read's `known_items`)
+    epoch: str = ""  # which store incarnation: item counts of another epoch do not compare
 
 
-class LiveStore:
-    """Per-user live events and added items, shared by every replica (run as a Ray actor).
+@dataclass
+class LiveState:
+    """Events per user and added items; the same code runs in the store and in every mirror, so
+    applying the store's changes in order reproduces its state exactly."""
 
-    Calls are served one at a time (a synchronous actor), which is what makes an append visible to
-    every later read; each call is a few dict operations, so the actor is not a bottleneck.
-    """
-
-    def __init__(self, max_events_per_user: int = 1000, max_users: int = 1_000_000) -> None:
-        self.max_events_per_user = max_events_per_user
-        self.max_users = max_users
-        self._events: OrderedDict[str, list[str]] = OrderedDict()  # least recently updated first
-        self._items: list[tuple[str, np.ndarray]] = []
-        self._item_ids: set[str] = set()
+    max_events_per_user: int = 1000
+    max_users: int = 1_000_000
+    events: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)  # least recently updated first
+    items: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    item_ids: set[str] = field(default_factory=set)
 
     def append_events(self, user_id: str, item_ids: list[str]) -> int:
         """Append `item_ids` (oldest first) to the user's events; returns how many the user now has."""
-        events = self._events.pop(user_id, [])
+        events = self.events.pop(user_id, [])
         events = (events + list(item_ids))[-self.max_events_per_user :]
-        self._events[user_id] = events
-        while len(self._events) > self.max_users:
-            self._events.popitem(last=False)  # forget the user idle longest: memory stays bounded
+        self.events[user_id] = events
+        while len(self.events) > self.max_users:
+            self.events.popitem(last=False)  # forget the user idle longest: memory stays bounded
         return len(events)
 
     def add_item(self, item_id: str, text_embedding: np.ndarray) -> bool:
         """Add an item; False (and no change) if an item with this id was added before."""
-        if item_id in self._item_ids:
+        if item_id in self.item_ids:
             return False
-        self._item_ids.add(item_id)
-        self._items.append((item_id, np.asarray(text_embedding, dtype=np.float32)))
+        self.item_ids.add(item_id)
+        self.items.append((item_id, np.asarray(text_embedding, dtype=np.float32)))
         return True
 
-    def read(self, user_ids: list[str], known_items: int) -> LiveSnapshot:
+    def read(self, user_ids: list[str], known_items: int, epoch: str = "") -> LiveSnapshot:
         """The events of `user_ids` (users without events are left out) and the items added after
         the first `known_items`."""
-        events = {u: list(self._events[u]) for u in set(user_ids) if u in self._events}
-        return LiveSnapshot(events=events, new_items=self._items[known_items:], total_items=len(self._items))
+        events = {u: list(self.events[u]) for u in set(user_ids) if u in self.events}
+        return LiveSnapshot(events, self.items[known_items:], len(self.items), epoch)
+
+    def copy(self) -> LiveState:
+        events = OrderedDict((user, list(ids)) for user, ids in self.events.items())
+        return LiveState(self.max_events_per_user, self.max_users, events, list(self.items), set(self.item_ids))
+
+    def apply(self, delta: Delta) -> None:
+        if delta.kind == "events":
+            self.append_events(delta.key, delta.payload)
+        else:
+            self.add_item(delta.key, delta.payload)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One change: events appended for user `key`, or item `key` added with its embedding."""
+
+    version: int
+    kind: Literal["events", "item"]
+    key: str
+    payload: Any
+
+
+@dataclass(frozen=True)
+class Update:
+    """A follow's answer: the changes after the asker's version, or (`full`) the whole state."""
+
+    epoch: str
+    version: int
+    deltas: list[Delta] = field(default_factory=list)
+    full: LiveState | None = None
+
+
+class LiveStore:
+    """The truth, shared by every replica (run as an async Ray actor: calls interleave only at
+    `await`, so each write is applied and versioned atomically)."""
+
+    def __init__(self, max_events_per_user: int = 1000, max_users: int = 1_000_000, lease_s: float = LEASE_S) -> None:
+        self.state = LiveState(max_events_per_user, max_users)
+        self.epoch = uuid.uuid4().hex
+        self.version = 0
+        self.lease_s = lease_s
+        self._deltas: deque[Delta] = deque(maxlen=MAX_DELTAS)
+        self._followers: dict[str, tuple[int, float]] = {}  # mirror -> (acknowledged version, lease end)
+        self._changed: asyncio.Condition | None = None  # created on the actor's event loop
+        self._api_key_sha256: str | None = None  # the last one a replica was configured with
+
+    def api_key(self, configured: str | None) -> str | None:
+        """The API key hash in force: `configured` when given (it becomes the one in force), else
+        the last one given, so a replica started under a config that names none keeps it too."""
+        if configured is not None:
+            self._api_key_sha256 = configured
+        return self._api_key_sha256
+
+    # ------------------------------------------------------------------ the interface replicas call
+
+    async def append_events(self, user_id: str, item_ids: list[str]) -> int:
+        """Append `item_ids` for `user_id`; returns the user's event count once every mirror has it."""
+        count = self.state.append_events(user_id, item_ids)
+        await self._publish("events", user_id, list(item_ids))
+        return count
+
+    async def add_item(self, item_id: str, text_embedding: np.ndarray) -> bool:
+        """Add an item (False if the id was added before); returns once every mirror has it."""
+        if not self.state.add_item(item_id, text_embedding):
+            return False
+        await self._publish("item", item_id, self.state.items[-1][1])
+        return True
+
+    def read(self, user_ids: list[str], known_items: int, epoch: str | None = None) -> LiveSnapshot:
+        """A direct read, for a replica whose mirror is not current. `known_items` counts the items
+        of store `epoch` the reader has (with another epoch's count, every item is new)."""
+        return self.state.read(user_ids, known_items if epoch in (None, self.epoch) else 0, self.epoch)
+
+    async def follow(self, mirror: str, epoch: str, since: int, wait_s: float = FOLLOW_WAIT_S) -> Update:
+        """Acknowledge `since` for `mirror` and renew its lease; answer with the changes after it as
+        soon as there are any, or after `wait_s` with none."""
+        acknowledged = since if epoch == self.epoch else -1
+        self._followers[mirror] = (acknowledged, time.monotonic() + self.lease_s + LEASE_MARGIN_S)
+        async with self._condition():
+            self._changed.notify_all()  # writers waiting for this acknowledgement
+            if acknowledged == self.version:
+                try:
+                    await asyncio.wait_for(self._changed.wait_for(lambda: self.version > since), wait_s)
+                except asyncio.TimeoutError:
+                    pass
+        return self._update(epoch, since)
 
     def stats(self) -> dict[str, int]:
-        """Counts for /metadata and tests: users with events, and added items."""
-        return {"users": len(self._events), "items": len(self._items)}
+        """Counts for tests: users with events, added items, mirrors holding a lease."""
+        now = time.monotonic()
+        mirrors = sum(end > now for _, end in self._followers.values())
+        return {"users": len(self.state.events), "items": len(self.state.items), "mirrors": mirrors}
+
+    # ------------------------------------------------------------------ internals
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    def _update(self, epoch: str, since: int) -> Update:
+        oldest = self._deltas[0].version if self._deltas else self.version + 1
+        if epoch != self.epoch or since < oldest - 1 or since > self.version:
+            return Update(self.epoch, self.version, full=self.state.copy())
+        return Update(self.epoch, self.version, deltas=[d for d in self._deltas if d.version > since])
+
+    async def _publish(self, kind: Literal["events", "item"], key: str, payload: Any) -> None:
+        """Version the change, wake the mirrors, wait until each leased one acknowledged it."""
+        self.version += 1
+        target = self.version
+        self._deltas.append(Delta(target, kind, key, payload))
+        async with self._condition():
+            self._changed.notify_all()
+            while True:
+                now = time.monotonic()
+                pending = [end for acked, end in self._followers.values() if acked < target and end > now]
+                if not pending:
+                    break
+                try:
+                    await asyncio.wait_for(self._changed.wait(), min(pending) - now)
+                except asyncio.TimeoutError:
+                    pass
+        self._followers = {m: f for m, f in self._followers.items() if f[1] > time.monotonic()}
 
 
 class StoreUnavailable(Exception):
@@ -93,24 +223,79 @@ class LiveStoreClient:
         self._handle: Any = None
         self.timeout_s = timeout_s
 
-    async def call(self, method: str, *args: Any) -> Any:
+    async def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """`await store.<method>(*args)`, raising StoreUnavailable on failure. A dead or unnamed
         actor is retried once with a fresh handle; a timeout is not (the call may have happened)."""
         from ray.exceptions import RayActorError
 
+        timeout_s = timeout_s or self.timeout_s
         try:
-            return await self._call_once(method, args)
+            return await self._call_once(method, args, timeout_s)
         except (RayActorError, ValueError):
             self._handle = None  # ValueError: the name is not registered (yet) after a restart
         except asyncio.TimeoutError:
-            raise StoreUnavailable(f"no answer to {method} within {self.timeout_s} s") from None
+            raise StoreUnavailable(f"no answer to {method} within {timeout_s} s") from None
         try:
-            return await self._call_once(method, args)
+            return await self._call_once(method, args, timeout_s)
         except (RayActorError, ValueError, asyncio.TimeoutError) as exc:
             self._handle = None
             raise StoreUnavailable(f"{method} failed: {type(exc).__name__}: {exc}") from None
 
-    async def _call_once(self, method: str, args: tuple[Any, ...]) -> Any:
+    async def _call_once(self, method: str, args: tuple[Any, ...], timeout_s: float) -> Any:
         if self._handle is None:
             self._handle = self._resolve()
-        return await asyncio.wait_for(getattr(self._handle, method).remote(*args), self.timeout_s)
+        return await asyncio.wait_for(getattr(self._handle, method).remote(*args), timeout_s)
+
+
+WRITE_TIMEOUT_S = 2.0 + LEASE_S + LEASE_MARGIN_S  # a write may wait out one stalled mirror's lease
+
+
+class LiveMirror:
+    """A replica's local copy of the store, kept current by one long-poll loop (`run`)."""
+
+    def __init__(self, client: LiveStoreClient, name: str, lease_s: float = LEASE_S) -> None:
+        self.client = client
+        self.name = name  # unique per replica: the store tracks acknowledgements by it
+        self.lease_s = lease_s
+        self.state = LiveState()
+        self.epoch = ""
+        self.version = 0
+        self.current_until = 0.0  # monotonic time until which local reads are allowed
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Start following the store (call from the replica's event loop; idempotent)."""
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def read(self, user_ids: list[str], known_items: int, epoch: str) -> LiveSnapshot | None:
+        """The local snapshot (as `LiveStore.read`), or None when the lease ran out: read the store."""
+        if time.monotonic() >= self.current_until:
+            return None
+        return self.state.read(user_ids, known_items if epoch == self.epoch else 0, self.epoch)
+
+    async def run(self) -> None:
+        while True:
+            sent = time.monotonic()
+            try:
+                update = await self.client.call(
+                    "follow", self.name, self.epoch, self.version, FOLLOW_WAIT_S, timeout_s=FOLLOW_WAIT_S + 2.0
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the store is restarting or unreachable: read it directly meanwhile
+                self.current_until = 0.0
+                logger.warning("live store mirror %s lost the store: %s", self.name, exc)
+                await asyncio.sleep(0.2)
+                continue
+            self.apply(update)
+            self.current_until = sent + self.lease_s
+
+    def apply(self, update: Update) -> None:
+        """Take in a follow's answer: the whole state (new store, or far behind) or the changes."""
+        if update.full is not None:
+            self.state = update.full
+        else:
+            for delta in update.deltas:
+                self.state.apply(delta)
+        self.epoch, self.version = update.epoch, update.version

@@ -18,7 +18,6 @@ from raysys.models.export import load_model_dir
 from raysys.serve.deploy import serve_config
 from raysys.serve.schemas import RecommendRequest
 from raysys.serve.scoring import Query, ServingModel
-from raysys.serve.state import LiveStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,6 +90,17 @@ def test_int8_model_ranks_close_to_float_and_still_adds_items(model_dirs: dict[s
     assert int8.add_items([("fresh", np.ones(384, np.float32))]) == ["fresh"]
 
 
+def test_exclude_seen_covers_the_whole_history_not_only_what_the_model_reads(model_dirs: dict[str, Path]) -> None:
+    served = ServingModel.load(str(model_dirs["text"]))
+    catalog = [i for i in served.catalog.item_ids if i]
+    history = catalog[:-15]  # all but 15 items, far more than the model reads
+    (result,) = served.predict([Query(history, k=30, max_inputs=5)])
+    returned = [item for item, _ in result.items]
+    assert sorted(returned) == sorted(catalog[-15:])  # only the unseen 15 are left to recommend
+    (unexcluded,) = served.predict([Query(history, k=30, exclude_seen=False, max_inputs=5)])
+    assert len(unexcluded.items) == 30
+
+
 def test_a_user_history_is_the_stored_one_plus_live_events_capped(model_dirs: dict[str, Path]) -> None:
     from raysys.serve.app import Recommender
     from raysys.serve.state import LiveSnapshot
@@ -102,26 +112,10 @@ def test_a_user_history_is_the_stored_one_plus_live_events_capped(model_dirs: di
     query = build(RecommendRequest(user_id="u2", k=3), served, snapshot, max_history=1000)
     assert list(query.history) == [*stored, "i7", "i8"] and query.k == 3
     capped = build(RecommendRequest(user_id="u2"), served, snapshot, max_history=4)
-    assert list(capped.history) == [*stored[-2:], "i7", "i8"]
+    assert list(capped.history) == [*stored, "i7", "i8"] and capped.max_inputs == 4  # the model reads 4
     explicit = build(RecommendRequest(user_id="u2", history=["i1"]), served, snapshot, max_history=1000)
     assert list(explicit.history) == ["i1"]  # an explicit history wins
     assert list(build(RecommendRequest(user_id="new"), served, snapshot, max_history=1000).history) == []
-
-
-def test_live_store_appends_caps_and_forgets_idle_users() -> None:
-    store = LiveStore(max_events_per_user=3, max_users=2)
-    assert store.append_events("a", ["1", "2"]) == 2
-    assert store.append_events("a", ["3", "4"]) == 3
-    store.append_events("b", ["x"])
-    store.append_events("a", ["5"])  # a is now the most recently updated
-    store.append_events("c", ["y"])  # evicts b, the user idle longest
-    snapshot = store.read(["a", "b", "c", "d"], known_items=0)
-    assert snapshot.events == {"a": ["3", "4", "5"], "c": ["y"]}
-    assert store.add_item("n1", np.ones(4)) and not store.add_item("n1", np.zeros(4))
-    store.add_item("n2", np.ones(4))
-    later = store.read([], known_items=1)
-    assert [i for i, _ in later.new_items] == ["n2"] and later.total_items == 2
-    assert store.stats() == {"users": 2, "items": 2}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,108 @@
+"""The live state: its caps, the store's versioned changes, and the replicas' mirrors (in-process:
+the store's methods are awaited directly, as a Ray actor call would)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+
+from raysys.serve import state
+from raysys.serve.state import LiveMirror, LiveState, LiveStore
+
+
+class Direct:
+    """A LiveStoreClient stand-in that calls the store in this event loop."""
+
+    def __init__(self, store: LiveStore) -> None:
+        self.store = store
+
+    async def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        result = getattr(self.store, method)(*args)
+        return await result if asyncio.iscoroutine(result) else result
+
+
+def test_live_state_appends_caps_and_forgets_idle_users() -> None:
+    live = LiveState(max_events_per_user=3, max_users=2)
+    assert live.append_events("a", ["1", "2"]) == 2
+    assert live.append_events("a", ["3", "4"]) == 3
+    live.append_events("b", ["x"])
+    live.append_events("a", ["5"])  # a is now the most recently updated
+    live.append_events("c", ["y"])  # evicts b, the user idle longest
+    snapshot = live.read(["a", "b", "c", "d"], known_items=0)
+    assert snapshot.events == {"a": ["3", "4", "5"], "c": ["y"]}
+    assert live.add_item("n1", np.ones(4)) and not live.add_item("n1", np.zeros(4))
+    live.add_item("n2", np.ones(4))
+    later = live.read([], known_items=1)
+    assert [i for i, _ in later.new_items] == ["n2"] and later.total_items == 2
+
+
+def test_a_write_returns_only_once_every_following_mirror_has_it() -> None:
+    async def scenario() -> None:
+        store = LiveStore(max_events_per_user=3)
+        mirrors = [LiveMirror(Direct(store), f"r{i}") for i in range(2)]
+        for mirror in mirrors:
+            mirror.start()
+        while not all(m.read([], 0, m.epoch) for m in mirrors):
+            await asyncio.sleep(0.01)  # first follow: a full copy and a lease
+        for n in range(20):
+            await store.append_events("u", [f"i{n}"])
+            for mirror in mirrors:  # read-your-writes on every replica, with no store call
+                assert mirror.read(["u"], 0, mirror.epoch).events == {
+                    "u": [f"i{max(0, n - 2) + j}" for j in range(min(3, n + 1))]
+                }
+        assert await store.add_item("new", np.ones(4)) and not await store.add_item("new", np.ones(4))
+        for mirror in mirrors:
+            snapshot = mirror.read([], 0, mirror.epoch)
+            assert [i for i, _ in snapshot.new_items] == ["new"] and snapshot.total_items == 1
+        assert store.stats() == {"users": 1, "items": 1, "mirrors": 2}
+        for mirror in mirrors:
+            mirror.task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_mirror_delays_writes_by_a_lease_at_most_and_stops_reading_locally(monkeypatch) -> None:
+    monkeypatch.setattr(state, "LEASE_MARGIN_S", 0.1)
+
+    async def scenario() -> None:
+        store = LiveStore(lease_s=0.4)
+        mirror = LiveMirror(Direct(store), "stalled", lease_s=0.4)
+        mirror.start()
+        while not mirror.read([], 0, mirror.epoch):
+            await asyncio.sleep(0.01)
+        mirror.task.cancel()  # it stops following (a stopped process, a lost connection)
+        start = time.monotonic()
+        await store.append_events("u", ["x"])
+        waited = time.monotonic() - start
+        assert waited < 0.4 + 0.1 + 0.2
+        assert mirror.read(["u"], 0, mirror.epoch) is None  # its lease ran out: it must read the store
+        start = time.monotonic()
+        await store.append_events("u", ["y"])  # an expired mirror is no longer waited for
+        assert time.monotonic() - start < 0.05
+
+    asyncio.run(scenario())
+
+
+def test_a_new_store_sends_a_full_copy_and_remembers_the_api_key() -> None:
+    async def scenario() -> None:
+        old = LiveStore()
+        mirror = LiveMirror(Direct(old), "r0")
+        mirror.current_until = time.monotonic() + 60  # answers are applied by hand below
+        await old.append_events("u", ["a"])
+        mirror.apply(await old.follow("r0", mirror.epoch, mirror.version, 0.0))
+        assert mirror.read(["u"], 0, mirror.epoch).events == {"u": ["a"]}
+        new = LiveStore()  # the old one died; Serve created another
+        await new.append_events("v", ["b"])
+        mirror.apply(await new.follow("r0", mirror.epoch, mirror.version, 0.0))
+        assert mirror.epoch == new.epoch and mirror.read(["u", "v"], 0, mirror.epoch).events == {"v": ["b"]}
+        # A reader holding another epoch's item count gets every item of this one.
+        await new.add_item("n", np.ones(4))
+        assert (
+            new.read([], 5, "another-epoch").total_items == 1 and len(new.read([], 5, "another-epoch").new_items) == 1
+        )
+        assert new.api_key(None) is None and new.api_key("ab" * 32) == "ab" * 32 and new.api_key(None) == "ab" * 32
+
+    asyncio.run(scenario())
