@@ -1,182 +1,367 @@
-"""Benchmark the Serve endpoint: latency percentiles and the highest sustained request rate.
+"""Benchmark `raysys serve` over HTTP: Serve's default Python proxy and the shipped HAProxy ingress, side by side.
 
-    python jobs/bench/serving.py --out runs/bench_serve                        # 1.7 k, 10 k, 100 k items
-    python jobs/bench/serving.py --catalogs 10000 --rates 200,400,600 --duration 5 --out runs/bench_10k
+    python jobs/bench/serving.py                                    # both modes, 1682 items: about 6 min
+    python jobs/bench/serving.py --duration 8 --rates 100,200,400,600 --connections 16,32 --out runs/bench_quick
+    python jobs/bench/serving.py --model runs/x/export/student --modes haproxy --set serve.batching=false
 
-For each catalog size a randomly initialised student is exported once (latency does not depend on
-what the weights learned; raysys.bench.model_dirs). One local Serve application serves them in turn:
-switching catalog or batching is a hot reload (user_config), exactly what production does.
+Needs `wrk` and `taskset` (apt-get install wrk; taskset comes with util-linux). Without --model a randomly
+initialised student over --items items is exported once into OUT/models (latency depends on the catalog
+size and the model shape, not on what the weights learned: raysys.bench.model_dirs).
 
-At each offered rate an open-loop generator (asyncio + httpx on 127.0.0.1, one process) sends
-`POST /recommend {"user_id": <random user>, "k": 10}` on a fixed schedule for --duration seconds, so
-queueing shows up in the latency instead of slowing the sender. A rate is *sustained* when every
-request answered 200, the achieved rate is at least 95 % of the offered one and p99 stays
-within 250 ms (beyond that the queue grows during the run). Rates are tried in
-ascending order until one is not sustained. Two floors: the same model called in-process
-(ServingModel.predict, fp32 and int8) without Serve, HTTP or the live store, and the same ladder on
-`GET /healthz`, which is the Serve HTTP path (proxy, replica, generator) without any model work.
+Each mode in --modes (default proxy, then haproxy) is one `raysys serve ... serve.ingress=MODE
+serve.access_log=false` subprocess with its own local Ray cluster, stopped with Ctrl-C (SIGINT) before
+the next starts. Every request is `POST /recommend {"history": [3 item ids], "k": 10}`; 1,000 distinct
+bodies drawn from the catalog are cycled (bodies.txt). The client (wrk) is pinned to one CPU with
+taskset (--client-cpu, default the last one); the server is not pinned, so on a small machine both
+share that CPU, as they would on a single host. Per mode:
 
-Targets (2-core machine, load generator included): p99 <= 50 ms at 200 req/s and >= 400 req/s
-sustained at 10 k items. Writes bench_serve.json and bench_serve.md into --out.
+1. closed loop, for the maximum: after a 3 s warm-up, `wrk -t2 -cN --latency` for N in --connections
+   (16, 32, 64) with serving_post.lua, which counts status codes; req/s, p50/p90/p99 (wrk's latency,
+   from the actual send), status codes and socket errors per point. The mode's maximum is the best
+   *clean* point: every answer 2xx and no socket error (the raw best is reported too).
+2. paced ladder, for latency at a given load: serving_paced.lua sends --rates req/s (ascending) on a
+   fixed schedule over --paced-connections connections (one per wrk thread), latency counted from each
+   request's scheduled send time, so waiting for a busy connection counts (no coordinated omission).
+   A point is *sustained* when every answer is 2xx, achieved >= 95 % of offered and p99 <= 250 ms;
+   the ladder stops after the first point that is not.
+3. the in-process floor: ServingModel.predict alone on the same 3-item histories (one torch thread, as a
+   replica): latency of one query, and queries/s in batches of 32. No HTTP, Serve or live store.
+
+Every point records the 1-minute load average at its end; the run records it at start and end, the CPU
+count, the wrk version and the client CPU: other work on the machine skews every figure.
+
+Targets (reported, not enforced; on the 2-core machine with the client on the same cores):
+  (a) shipped-mode (haproxy) maximum >= 8 x the default proxy's maximum, in the same run;
+  (b) `wrk -t2 -c32` against haproxy: >= 600 req/s, p99 <= 100 ms, zero non-2xx (nor socket errors);
+  (c) paced 400 req/s against haproxy: sustained with p99 <= 50 ms (from the scheduled send time).
+
+Writes OUT/bench_serve.json (settings, machine, modes.{proxy,haproxy}.{closed_loop, paced, max_rps},
+floor, ratios, targets, load averages) and OUT/bench_serve.md; each server's output is in OUT/serve-MODE/.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import os
 import platform
 import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from raysys.config import ServeConfig, StudentConfig
+from raysys.config import StudentConfig
 from raysys.files import free_port, write_json_atomic
 from raysys.run import utc_now
 
-TARGET_P99_MS, TARGET_P99_RATE, TARGET_RATE, TARGET_ITEMS = 50.0, 200, 400, 10_000
-SUSTAINED_P99_MS = 250.0  # above it the queue is growing within the run: the rate is not sustainable
+HERE = Path(__file__).resolve().parent
+POST_SCRIPT = HERE / "serving_post.lua"
+PACED_SCRIPT = HERE / "serving_paced.lua"
+SHIPPED, DEFAULT = "haproxy", "proxy"
 NUM_USERS = 2000
 MODEL = StudentConfig(hidden_size=64, num_layers=2, num_heads=2, dropout=0.0)  # the default student shape
 MAX_LEN = 50
-ML100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
+HISTORY_ITEMS, K, NUM_BODIES = 3, 10, 1000
+WARMUP_S, PAUSE_S = 3, 2.0  # warm-up before the closed loop; settling time between points
+WRK_TIMEOUT = "10s"  # serve.request_timeout_s: slower answers are the server's timeouts, not wrk's
+READY_TIMEOUT_S, STOP_TIMEOUT_S = 180.0, 60.0
+SUSTAINED_SHARE, SUSTAINED_P99_MS = 0.95, 250.0  # above 250 ms the queue is growing within the point
+TARGET_RATIO = 8.0  # (a)
+TARGET_CONNECTIONS, TARGET_RPS, TARGET_CLOSED_P99_MS = 32, 600.0, 100.0  # (b)
+TARGET_RATE, TARGET_PACED_P99_MS = 400.0, 50.0  # (c)
 
 
-def parse_args() -> argparse.Namespace:
+class BenchError(RuntimeError):
+    """A benchmark step that cannot go on (server not ready, wrk failed); main prints it and exits."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--catalogs", default="1682,10000,100000", help="item counts (ml-100k has 1682)")
-    parser.add_argument("--rates", default="50,100,150,200,300,400,600", help="offered requests/s, ascending")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
-    parser.add_argument("--batching", default="on,off", help="on, off or both")
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--no-access-log", action="store_true", help="turn Serve's per-request log lines off")
-    parser.add_argument("--port", type=int, default=0, help="HTTP port (0: a free one)")
+    parser.add_argument("--model", help="model directory to serve (default: a random student over --items items)")
+    parser.add_argument("--items", type=int, default=1682, help="catalog size of the random student (ml-100k: 1682)")
+    parser.add_argument("--modes", type=csv, default=f"{DEFAULT},{SHIPPED}", help="ingress modes, in this order")
+    parser.add_argument("--connections", type=int_list, default="16,32,64", help="closed-loop wrk connection counts")
+    parser.add_argument("--threads", type=int, default=2, help="closed-loop wrk threads")
+    parser.add_argument("--rates", type=rate_list, default="100,200,300,400,500,600,800", help="paced req/s")
+    parser.add_argument("--paced-connections", type=int, default=16, help="paced connections (one per wrk thread)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per point (wrk takes whole seconds)")
+    parser.add_argument("--replicas", type=int, default=1, help="serve.num_replicas")
+    parser.add_argument("--client-cpu", type=int, default=(os.cpu_count() or 1) - 1, help="CPU wrk is pinned to")
     parser.add_argument(
-        "--int8-quality",
-        action="store_true",
-        help="also train a student on ml-100k and compare test NDCG@10 in fp32 and int8",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted override for both servers, e.g. --set serve.batching=false (repeatable)",
     )
-    parser.add_argument("--ml100k", default=str(ML100K), help="ml-100k in RecBole atomic format")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs for --int8-quality")
     parser.add_argument("--out", default="runs/bench_serve")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
 
 
-# ------------------------------------------------------------------------------------ load generator
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject what would make the run meaningless before any server starts."""
+    for override in args.overrides:
+        key = override.split("=", 1)[0]
+        if "=" not in override:
+            parser.error(f"--set {override}: expected KEY=VALUE, e.g. serve.batching=false")
+        if key in ("serve.ingress", "serve.num_replicas", "serve.port"):
+            parser.error(f"--set {key}: set by the benchmark (use --modes / --replicas)")
+    unknown = set(args.modes) - {DEFAULT, SHIPPED}
+    if unknown:
+        parser.error(f"--modes: unknown {sorted(unknown)}; choose from {DEFAULT},{SHIPPED}")
 
 
-MAX_IN_FLIGHT = 64  # the client's connection cap: httpx's pool slows down badly with hundreds open
+def csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
-async def offered_load(
-    url: str, rate: float, duration: float, users: list[str], seed: int = 0, path: str = "/recommend"
-) -> dict[str, Any]:
-    """Send `rate` requests/s for `duration` s on a fixed schedule; latency and error figures.
+def int_list(text: str) -> list[int]:
+    return [int(part) for part in csv(text)]
 
-    Latency runs from the scheduled send time, so waiting for one of the MAX_IN_FLIGHT connections
-    counts (open loop). `path` "/recommend" posts a random user; "/healthz" is a bodiless GET: the
-    same HTTP stack without any model work."""
+
+def rate_list(text: str) -> list[float]:
+    """Ascending: the ladder climbs."""
+    return sorted(float(part) for part in csv(text))
+
+
+def require_tools() -> str:
+    """wrk's version string; exits with an install hint when wrk or taskset is missing."""
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"serving.py needs {' and '.join(missing)}: apt-get install wrk (taskset is in util-linux)")
+    banner = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    match = re.search(r"wrk (\S+)", banner)
+    return match.group(1) if match else banner.strip()
+
+
+# ------------------------------------------------------------------------------------ model and bodies
+
+
+def model_dir(args: argparse.Namespace, out: Path) -> Path:
+    """--model, or a random student over --items items exported once into OUT/models (reused)."""
+    if args.model:
+        return Path(args.model).expanduser().resolve()
+    from raysys.bench.model_dirs import random_model_dir
+    from raysys.models.export import CONFIG_FILE
+
+    path = (out / "models" / f"items-{args.items}").resolve()
+    if not (path / CONFIG_FILE).is_file():
+        version = f"random-{args.items}"
+        random_model_dir(
+            path, num_items=args.items, num_users=NUM_USERS, model_cfg=MODEL, max_len=MAX_LEN, model_version=version
+        )
+    return path
+
+
+def catalog_ids(path: Path) -> list[str]:
+    """The model's item ids (pad and mask, the first two, left out)."""
+    from raysys.data.dataset import FIRST_ITEM_INDEX
+    from raysys.models.export import load_model_dir
+
+    return load_model_dir(path).item_ids[FIRST_ITEM_INDEX:]
+
+
+def request_histories(ids: list[str], count: int = NUM_BODIES, seed: int = 0) -> list[list[str]]:
+    """`count` distinct histories of HISTORY_ITEMS distinct catalog ids (fewer if the catalog is tiny)."""
+    if len(ids) < HISTORY_ITEMS:
+        raise BenchError(f"the catalog has {len(ids)} items; a request history needs {HISTORY_ITEMS}")
     rng = random.Random(seed)
-    n = int(rate * duration)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-
-    async def one(client: httpx.AsyncClient, body: dict) -> None:
-        start = time.perf_counter()
-        try:
-            async with slots:
-                if path == "/healthz":
-                    response = await client.get(path)
-                else:
-                    response = await client.post(path, json=body)
-            key = None if response.status_code == 200 else str(response.status_code)
-        except httpx.HTTPError as exc:
-            key = type(exc).__name__
-        if key is None:
-            latencies.append(1000 * (time.perf_counter() - start))
-        else:
-            errors[key] = errors.get(key, 0) + 1
-
-    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        tasks = []
-        for i in range(n):
-            delay = start + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(client, {"user_id": rng.choice(users), "k": 10})))
-        sent_s = loop.time() - start
-        await asyncio.gather(*tasks)
-        total_s = loop.time() - start
-    return summarize(rate, n, latencies, errors, sent_s, total_s)
+    seen: dict[tuple[str, ...], None] = {}
+    for _ in range(20 * count):
+        seen.setdefault(tuple(rng.sample(ids, HISTORY_ITEMS)), None)
+        if len(seen) == count:
+            break
+    return [list(history) for history in seen]
 
 
-def summarize(
-    rate: float, n: int, latencies: list[float], errors: dict[str, int], sent_s: float, total_s: float
+def write_bodies(histories: list[list[str]], path: Path) -> Path:
+    """One JSON request body per line: what both Lua scripts read in init()."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"history": h, "k": K}) + "\n" for h in histories))
+    return path
+
+
+# ------------------------------------------------------------------------------------ the server
+
+
+@contextlib.contextmanager
+def served(mode: str, model: Path, run_dir: Path, replicas: int, overrides: list[str]) -> Iterator[str]:
+    """`raysys serve` with ingress `mode` in its own process and Ray cluster; yields its URL once
+    /healthz answers 200, and stops it with SIGINT (as Ctrl-C) on the way out."""
+    port = free_port()
+    cmd = [
+        *[sys.executable, "-m", "raysys.cli", "serve", "--model", str(model), "--out", str(run_dir)],
+        *["--port", str(port), f"serve.ingress={mode}", "serve.access_log=false", f"serve.num_replicas={replicas}"],
+        *overrides,
+    ]
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # never someone else's cluster
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "serve.out"
+    with log.open("w") as sink:
+        process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        yield url
+    finally:
+        stop_server(process)
+
+
+def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < READY_TIMEOUT_S:
+        if process.poll() is not None:
+            raise BenchError(f"raysys serve exited with code {process.returncode}; see {log}:\n{tail(log)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                print(f"  ready at {url} after {time.monotonic() - start:.0f} s", flush=True)
+                return
+        time.sleep(1.0)
+    raise BenchError(f"{url}/healthz did not answer 200 within {READY_TIMEOUT_S:.0f} s; see {log}:\n{tail(log)}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGINT (a clean stop: Serve and Ray shut down), then the process group if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"  raysys serve did not stop within {STOP_TIMEOUT_S:.0f} s: killing its process group", flush=True)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# ------------------------------------------------------------------------------------ wrk
+
+
+def run_wrk(
+    url: str, script: Path, threads: int, connections: int, duration: int, script_args: list[str], cpu: int
 ) -> dict[str, Any]:
-    ok = len(latencies)
-    achieved = ok / total_s if total_s else 0.0
-    p50, p95, p99 = np.percentile(latencies, [50, 95, 99]).tolist() if ok else (None, None, None)
-    return {
-        "offered_rps": rate,
-        "requests": n,
-        "ok": ok,
-        "errors": errors,
-        "achieved_rps": round(achieved, 1),
-        "send_rps": round(n / sent_s, 1) if sent_s else None,
-        "p50_ms": _round(p50),
-        "p95_ms": _round(p95),
-        "p99_ms": _round(p99),
-        "sustained": not errors and achieved >= 0.95 * rate and ok > 0 and p99 <= SUSTAINED_P99_MS,
-    }
+    """Run wrk pinned to `cpu` against POST URL/recommend; the figures its script's done() printed."""
+    cmd = [
+        *["taskset", "-c", str(cpu), "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"],
+        *["--latency", "--timeout", WRK_TIMEOUT, "-s", str(script), f"{url}/recommend", "--", *script_args],
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return parse_wrk(done.stdout)
 
 
-def _round(value: float | None) -> float | None:
+def parse_wrk(text: str) -> dict[str, Any]:
+    """wrk's output -> the JSON of the script's `RAYSYS_WRK {...}` line, plus `wrk_rps` (wrk's own
+    Requests/sec line), `non_2xx` and `socket_errors` (connect + read + write + timeout)."""
+    line = next((ln for ln in text.splitlines() if ln.startswith("RAYSYS_WRK ")), None)
+    if line is None:
+        raise BenchError(f"no RAYSYS_WRK line in wrk's output:\n{text[-2000:]}")
+    figures = json.loads(line.removeprefix("RAYSYS_WRK "))
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
+    figures["wrk_rps"] = float(rate.group(1)) if rate else None
+    figures["non_2xx"] = sum(n for code, n in figures["statuses"].items() if not code.startswith("2"))
+    figures["socket_errors"] = sum(figures["errors"][kind] for kind in ("connect", "read", "write", "timeout"))
+    return figures
+
+
+def load_1min() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def load_avgs() -> list[float]:
+    """The 1, 5 and 15-minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def tree_cpu_s() -> float:
-    """CPU seconds used so far by this process and its descendants (the local Ray cluster: GCS,
-    raylet, proxy, replicas, live store), the load generator included."""
-    import psutil
-
-    me, total = psutil.Process(), 0.0
-    for process in [me, *me.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-        except psutil.Error:
-            pass  # exited meanwhile
-    return total
+# ------------------------------------------------------------------------------------ closed loop
 
 
-def rate_ladder(
-    url: str, rates: list[float], duration: float, users: list[str], path: str = "/recommend"
-) -> list[dict[str, Any]]:
-    """Offered rates in ascending order until one is not sustained (that one is reported too).
-
-    Each point also carries the CPU time the whole stack spent per answered request: on a shared
-    machine it is steadier than the rates, and 2000 / cpu_ms estimates what 2 idle cores sustain."""
-    asyncio.run(offered_load(url, 50, 2.0, users, seed=99, path=path))  # warm-up: connections, first batches
+def closed_loop(url: str, bodies: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """wrk -t{threads} -cN for each N in --connections, after a warm-up; one point per N."""
+    run_wrk(url, POST_SCRIPT, args.threads, args.connections[0], WARMUP_S, [str(bodies)], args.client_cpu)
     points = []
-    for rate in rates:
-        cpu_before = tree_cpu_s()
-        point = asyncio.run(offered_load(url, rate, duration, users, seed=int(rate), path=path))
-        cpu_ms = 1000 * (tree_cpu_s() - cpu_before) / max(point["ok"], 1)
-        point["cpu_ms_per_request"] = round(cpu_ms, 2)
-        point["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    for n in args.connections:
+        time.sleep(PAUSE_S)
+        raw = run_wrk(url, POST_SCRIPT, args.threads, n, args.duration, [str(bodies)], args.client_cpu)
+        point = closed_point(n, raw)
         print(
-            f"    {rate:>5.0f} req/s offered: {point['achieved_rps']:>6.1f} achieved, p50 {point['p50_ms']} "
-            f"p95 {point['p95_ms']} p99 {point['p99_ms']} ms, errors {point['errors'] or 0}, "
-            f"{cpu_ms:.2f} CPU ms/request, load {point['load_avg_1min']}",
+            f"    closed -c{n:<3} {point['rps']:>7.1f} req/s  p50 {point['p50_ms']}  p90 {point['p90_ms']}  "
+            f"p99 {point['p99_ms']} ms  statuses {point['statuses']}  socket errors {point['socket_errors']}  "
+            f"load {point['load_avg_1min']}",
+            flush=True,
+        )
+        points.append(point)
+    return points
+
+
+def closed_point(connections: int, raw: dict[str, Any]) -> dict[str, Any]:
+    """One closed-loop point from parse_wrk's figures."""
+    latency = raw["latency_ms"]
+    return {
+        "connections": connections,
+        "threads": raw["threads"],
+        "duration_s": round(raw["duration_s"], 2),
+        "requests": raw["requests"],
+        "rps": raw["wrk_rps"] if raw["wrk_rps"] is not None else round(raw["requests_per_s"], 2),
+        **{f"{p}_ms": _ms(latency[p]) for p in ("p50", "p90", "p99", "max")},
+        "statuses": raw["statuses"],
+        "non_2xx": raw["non_2xx"],
+        "socket_errors": raw["socket_errors"],
+        "errors": raw["errors"],
+        "clean": raw["non_2xx"] == 0 and raw["socket_errors"] == 0 and raw["requests"] > 0,
+        "load_avg_1min": load_1min(),
+    }
+
+
+def max_rps(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mode's maximum: the best clean closed-loop point (all 2xx, no socket error), and the raw best."""
+    clean = [p for p in points if p["clean"]]
+    best = max(clean, key=lambda p: p["rps"], default=None)
+    raw = max(points, key=lambda p: p["rps"], default=None)
+    return {
+        "rps": best["rps"] if best else 0.0,
+        "connections": best["connections"] if best else None,
+        "raw_rps": raw["rps"] if raw else 0.0,
+        "raw_connections": raw["connections"] if raw else None,
+    }
+
+
+# ------------------------------------------------------------------------------------ paced ladder
+
+
+def paced_ladder(url: str, bodies: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """--rates in ascending order until the first point that is not sustained (reported too)."""
+    c = args.paced_connections
+    points = []
+    for rate in args.rates:
+        time.sleep(PAUSE_S)
+        raw = run_wrk(url, PACED_SCRIPT, c, c, args.duration, [str(bodies), f"{rate:g}", str(c)], args.client_cpu)
+        point = paced_point(rate, c, raw)
+        print(
+            f"    paced {rate:>5.0f} req/s: sent {point['sent_rps']}  achieved {point['achieved_rps']}  "
+            f"p50 {point['p50_ms']}  p95 {point['p95_ms']}  p99 {point['p99_ms']} ms  statuses {point['statuses']}  "
+            f"socket errors {point['socket_errors']}  load {point['load_avg_1min']}"
+            f"{'' if point['sustained'] else '  (not sustained: ladder stops)'}",
             flush=True,
         )
         points.append(point)
@@ -185,226 +370,286 @@ def rate_ladder(
     return points
 
 
-def store_read_means(wait_s: float = 12.0) -> dict[str, float]:
-    """Mean live-store read per batch (ms) by model version, from the replicas' Prometheus histogram
-    on the Ray metrics endpoint (waits one export interval so the last runs are included)."""
-    import re
+def paced_point(rate: float, connections: int, raw: dict[str, Any]) -> dict[str, Any]:
+    """One ladder point from parse_wrk's figures (latency from the scheduled send time)."""
+    paced = raw["paced"]
+    point = {
+        "offered_rps": rate,
+        "connections": connections,
+        "duration_s": round(raw["duration_s"], 2),
+        "sent": paced["sent"],
+        "answered": paced["answered"],
+        "sent_rps": round(paced["sent_rps"], 1),
+        "achieved_rps": round(paced["achieved_rps"], 1),
+        **{f"{p}_ms": _ms(paced.get(f"{p}_ms")) for p in ("p50", "p95", "p99", "max")},
+        "statuses": raw["statuses"],
+        "non_2xx": raw["non_2xx"],
+        "socket_errors": raw["socket_errors"],
+        "errors": raw["errors"],
+        "load_avg_1min": load_1min(),
+    }
+    point["sustained"] = is_sustained(point)
+    return point
 
-    import ray
 
-    time.sleep(wait_s)
-    port = ray.nodes()[0]["MetricsExportPort"]
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    totals: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        match = re.match(r'ray_raysys_serve_live_store_read_ms_(sum|count)\{.*model_version="([^"]+)".*\} (\S+)$', line)
-        if match:
-            kind, version, value = match.groups()
-            totals.setdefault(version, {"sum": 0.0, "count": 0.0})[kind] += float(value)
-    return {v: round(t["sum"] / t["count"], 3) for v, t in totals.items() if t["count"]}
+def is_sustained(point: dict[str, Any]) -> bool:
+    """Every answer 2xx (no socket error either), achieved >= 95 % of offered, p99 <= 250 ms."""
+    return (
+        point["non_2xx"] == 0
+        and point["socket_errors"] == 0
+        and point["achieved_rps"] >= SUSTAINED_SHARE * point["offered_rps"]
+        and point["p99_ms"] is not None
+        and point["p99_ms"] <= SUSTAINED_P99_MS
+    )
 
 
 # ------------------------------------------------------------------------------------ in-process floor
 
 
-def in_process_floor(model_dir: Path, users: list[str], int8: bool = False, calls: int = 300) -> dict[str, Any]:
-    """ServingModel.predict alone: latency of one query, and queries/s in batches of 32."""
+def in_process_floor(model: Path, histories: list[list[str]], int8: bool = False, calls: int = 320) -> dict[str, Any]:
+    """ServingModel.predict alone on the request histories: latency of one query, queries/s in batches of 32."""
     import torch
 
     from raysys.serve.scoring import Query, ServingModel
 
     torch.set_num_threads(1)  # as in a replica
-    model = ServingModel.load(str(model_dir), int8=int8)
-    rng = random.Random(0)
-    queries = [Query(model.user_histories.get(rng.choice(users), []), 10) for _ in range(calls)]
-    model.predict(queries[:32])  # warm-up
+    serving = ServingModel.load(str(model), int8=int8)
+    queries = [Query(histories[i % len(histories)], K) for i in range(calls)]
+    serving.predict(queries[:32])  # warm-up
     single = []
     for query in queries:
         start = time.perf_counter()
-        model.predict([query])
+        serving.predict([query])
         single.append(1000 * (time.perf_counter() - start))
     start = time.perf_counter()
     for i in range(0, calls, 32):
-        model.predict(queries[i : i + 32])
+        serving.predict(queries[i : i + 32])
     batched_qps = calls / (time.perf_counter() - start)
     p50, p99 = np.percentile(single, [50, 99]).tolist()
     return {
         "int8": int8,
-        "single_p50_ms": round(p50, 2),
-        "single_p99_ms": round(p99, 2),
+        "single_p50_ms": round(p50, 3),
+        "single_p99_ms": round(p99, 3),
         "single_qps": round(1000 / p50, 1),
         "batch32_qps": round(batched_qps, 1),
     }
 
 
-def int8_quality(ml100k: str, epochs: int, root: Path) -> dict[str, Any]:
-    """Train the default student on ml-100k (next-item objective), then test NDCG@10 and in-process
-    latency of the same weights in fp32 and with dynamic int8 Linear layers."""
-    import torch
+def int8_override(overrides: list[str]) -> bool:
+    """Whether --set serve.int8=true: the floor then runs the same quantised model the replicas serve."""
+    values = dict(o.split("=", 1) for o in overrides)
+    return values.get("serve.int8", "false").strip().lower() in ("true", "1", "yes")
 
-    from raysys.config import Config, DataConfig, DistillConfig, EvalConfig
-    from raysys.data.prepare import load_or_prepare
-    from raysys.eval.evaluator import evaluate_split
-    from raysys.serve.scoring import quantize_int8
-    from raysys.train.local import train_local
-    from raysys.train.tasks import task_for
 
-    data = DataConfig(path=ml100k, format="recbole", max_len=MAX_LEN)
-    dataset = load_or_prepare(data, progress=False)
-    distill = DistillConfig(epochs=epochs, batch_size=256, lr=2e-3, lambda_kd=0.0, lambda_ssl=0.0)  # next item alone
-    cfg = Config(data=data, student=StudentConfig(), distill=distill, eval=EvalConfig(ks=[10]))
-    result = train_local(cfg, "distill", dataset)
-    model = result.model
-    model_dir = task_for(cfg, "distill").export(model, root / "ml100k-student", dataset, result.metrics)["model_dir"]
-    test, eval_cfg = dataset.split("test"), EvalConfig(ks=[10])
-    torch.set_num_threads(1)
-    with torch.inference_mode():
-        fp32 = evaluate_split(model.eval().next_item_scores, test, dataset.num_items, eval_cfg, MAX_LEN)
-        int8 = evaluate_split(quantize_int8(model).next_item_scores, test, dataset.num_items, eval_cfg, MAX_LEN)
-    users = [str(u) for u in dataset.user_vocab()["user_id"].to_pylist()]
-    return {
-        "epochs_trained": len(result.history),
-        "test_ndcg@10_fp32": round(fp32["ndcg@10"], 4),
-        "test_ndcg@10_int8": round(int8["ndcg@10"], 4),
-        "latency_fp32": in_process_floor(model_dir, users, int8=False),
-        "latency_int8": in_process_floor(model_dir, users, int8=True),
+# ------------------------------------------------------------------------------------ ratios and targets
+
+
+def ratios(modes: dict[str, dict[str, Any]], floor: dict[str, Any]) -> dict[str, Any]:
+    """haproxy / proxy: the maxima and the closed-loop req/s at each connection count; each mode's
+    maximum as a share of the in-process batch-32 floor."""
+    out: dict[str, Any] = {
+        "max_rps_over_floor_batch32": {m: _ratio(r["max_rps"]["rps"], floor["batch32_qps"]) for m, r in modes.items()}
     }
+    if SHIPPED in modes and DEFAULT in modes:
+        shipped, default = modes[SHIPPED], modes[DEFAULT]
+        out["ratio_max_rps"] = _ratio(shipped["max_rps"]["rps"], default["max_rps"]["rps"])
+        out["ratio_raw_max_rps"] = _ratio(shipped["max_rps"]["raw_rps"], default["max_rps"]["raw_rps"])
+        default_by_n = {p["connections"]: p["rps"] for p in default["closed_loop"]}
+        out["ratio_by_connections"] = {
+            str(p["connections"]): _ratio(p["rps"], default_by_n.get(p["connections"])) for p in shipped["closed_loop"]
+        }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
+def targets(modes: dict[str, dict[str, Any]], ratio: dict[str, Any]) -> dict[str, Any]:
+    """The three targets, each with its figures and `met` (False when not measured in this run)."""
+    shipped = modes.get(SHIPPED, {"closed_loop": [], "paced": []})
+    return {
+        "a_max_rps_ratio": ratio_target(ratio.get("ratio_max_rps")),
+        "b_closed_c32": closed_target(shipped["closed_loop"]),
+        "c_paced_400": paced_target(shipped["paced"]),
+    }
+
+
+def ratio_target(value: float | None) -> dict[str, Any]:
+    """(a) haproxy's maximum over the proxy's."""
+    met = value is not None and value >= TARGET_RATIO
+    return {"target": f"{SHIPPED} max req/s >= {TARGET_RATIO:g} x {DEFAULT} max req/s", "value": value, "met": met}
+
+
+def closed_target(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """(b) the shipped mode's closed-loop point at TARGET_CONNECTIONS."""
+    point = next((p for p in points if p["connections"] == TARGET_CONNECTIONS), None)
+    target = (
+        f"wrk -t2 -c{TARGET_CONNECTIONS}: >= {TARGET_RPS:g} req/s, p99 <= {TARGET_CLOSED_P99_MS:g} ms, "
+        "zero non-2xx and socket errors"
+    )
+    if point is None:
+        return {"target": target, "met": False}
+    met = (
+        point["rps"] >= TARGET_RPS
+        and point["p99_ms"] is not None
+        and point["p99_ms"] <= TARGET_CLOSED_P99_MS
+        and point["clean"]
+    )
+    return {"target": target, **{k: point[k] for k in ("rps", "p99_ms", "non_2xx", "socket_errors")}, "met": met}
+
+
+def paced_target(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """(c) the shipped mode's ladder point at TARGET_RATE."""
+    point = next((p for p in points if p["offered_rps"] == TARGET_RATE), None)
+    target = f"paced {TARGET_RATE:g} req/s: sustained, p99 <= {TARGET_PACED_P99_MS:g} ms from the scheduled send"
+    if point is None:
+        return {"target": target, "met": False}
+    met = point["sustained"] and point["p99_ms"] <= TARGET_PACED_P99_MS
+    return {"target": target, **{k: point[k] for k in ("achieved_rps", "p99_ms", "sustained")}, "met": met}
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """bench_serve.md: the closed-loop and paced tables, maxima, ratios, floor, targets, load."""
+    s = results["settings"]
+    lines = [
+        f"Serving benchmark {results['started_at']}: {s['items']} items, {s['replicas']} replica(s), "
+        f"{results['machine']['cpus']} CPUs, wrk {results['machine']['wrk']} pinned to CPU {s['client_cpu']}, "
+        f"{s['duration_s']} s per point",
+        "",
+        "| mode | connections | req/s | p50 ms | p90 ms | p99 ms | statuses | socket errors | load |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for mode, run in results["modes"].items():
+        for p in run["closed_loop"]:
+            lines.append(
+                f"| {mode} | {p['connections']} | {p['rps']:.1f} | {p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} "
+                f"| {_statuses(p)} | {p['socket_errors']} | {p['load_avg_1min']} |"
+            )
+    lines += [
+        "",
+        "| mode | offered req/s | sent | achieved | p50 ms | p95 ms | p99 ms | statuses | sustained | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---|:---:|---:|",
+    ]
+    for mode, run in results["modes"].items():
+        for p in run["paced"]:
+            lines.append(
+                f"| {mode} | {p['offered_rps']:g} | {p['sent_rps']} | {p['achieved_rps']} | {p['p50_ms']} "
+                f"| {p['p95_ms']} | {p['p99_ms']} | {_statuses(p)} | {'yes' if p['sustained'] else 'no'} "
+                f"| {p['load_avg_1min']} |"
+            )
+    return "\n".join(lines + ["", *summary_lines(results)]) + "\n"
+
+
+def _statuses(point: dict[str, Any]) -> str:
+    return ", ".join(f"{code}: {n}" for code, n in sorted(point["statuses"].items())) or "-"
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    maxima = ", ".join(
+        f"{mode} {run['max_rps']['rps']:.1f} (raw {run['max_rps']['raw_rps']:.1f})"
+        for mode, run in results["modes"].items()
+    )
+    floor = results["floor"]
+    return [
+        f"max req/s (clean closed-loop point): {maxima}",
+        ratio_line(results["ratios"]),
+        f"in-process floor ({'int8' if floor['int8'] else 'fp32'}): one query p50 {floor['single_p50_ms']} ms, "
+        f"p99 {floor['single_p99_ms']} ms; {floor['batch32_qps']} queries/s in batches of 32",
+        "targets:",
+        *(target_line(name, t) for name, t in results["targets"].items()),
+        f"load average (1, 5, 15 min): at start {results['load_avg_at_start']}, at end {results['load_avg_at_end']}",
+    ]
+
+
+def target_line(name: str, target: dict[str, Any]) -> str:
+    figures = ", ".join(f"{k} {v}" for k, v in target.items() if k not in ("target", "met")) or "not measured"
+    return f"- {name} ({target['target']}): {'met' if target['met'] else 'NOT met'} ({figures})"
+
+
+def ratio_line(ratio: dict[str, Any]) -> str:
+    floor = ", ".join(f"{mode} {r}" for mode, r in ratio["max_rps_over_floor_batch32"].items())
+    line = f"max req/s over the in-process batch-32 floor: {floor}"
+    if "ratio_max_rps" not in ratio:
+        return line
+    by_n = ", ".join(f"c{n} {r}" for n, r in ratio["ratio_by_connections"].items())
+    return (
+        f"{SHIPPED} / {DEFAULT}: max req/s {ratio['ratio_max_rps']} (raw {ratio['ratio_raw_max_rps']}), "
+        f"by connections {by_n}; {line}"
+    )
 
 
 # ------------------------------------------------------------------------------------ driver
 
 
-def model_dirs(catalogs: list[int], root: Path) -> dict[int, Path]:
-    """One exported random student per catalog size (reused when already there)."""
-    from raysys.bench.model_dirs import random_model_dir
-    from raysys.models.export import CONFIG_FILE
+def bench_mode(mode: str, model: Path, bodies: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Start `raysys serve` in `mode`, run the closed loop then the paced ladder, stop it."""
+    start = time.monotonic()
+    print(f"{mode}: starting raysys serve serve.ingress={mode}", flush=True)
+    with served(mode, model, Path(args.out) / f"serve-{mode}", args.replicas, args.overrides) as url:
+        closed = closed_loop(url, bodies, args)
+        paced = paced_ladder(url, bodies, args)
+    run = {"closed_loop": closed, "paced": paced, "max_rps": max_rps(closed)}
+    run["wall_s"] = round(time.monotonic() - start, 1)
+    print(f"{mode}: max {run['max_rps']['rps']:.1f} req/s; {run['wall_s']} s", flush=True)
+    return run
 
-    out = {}
-    for n in catalogs:
-        path = root / f"items-{n}"
-        if not (path / CONFIG_FILE).is_file():
-            random_model_dir(
-                path, num_items=n, num_users=NUM_USERS, model_cfg=MODEL, max_len=MAX_LEN, model_version=f"random-{n}"
-            )
-        out[n] = path
-    return out
+
+def settings(args: argparse.Namespace, model: Path, items: int) -> dict[str, Any]:
+    return {
+        "model_dir": str(model),
+        "items": items,
+        "random_model": None if args.model else MODEL.model_dump(),
+        "replicas": args.replicas,
+        "overrides": args.overrides,
+        "modes": args.modes,
+        "connections": args.connections,
+        "threads": args.threads,
+        "rates": args.rates,
+        "paced_connections": args.paced_connections,
+        "duration_s": args.duration,
+        "warmup_s": WARMUP_S,
+        "client_cpu": args.client_cpu,
+        "request": f'POST /recommend {{"history": [{HISTORY_ITEMS} random catalog ids], "k": {K}}}',
+        "sustained": f"all 2xx, achieved >= {SUSTAINED_SHARE:.0%} of offered, p99 <= {SUSTAINED_P99_MS:g} ms",
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    wrk_version = require_tools()
+    out = Path(args.out)
+    start = time.monotonic()
+    results: dict[str, Any] = {"started_at": utc_now(), "load_avg_at_start": load_avgs()}
+    model = model_dir(args, out)
+    ids = catalog_ids(model)
+    histories = request_histories(ids)
+    bodies = write_bodies(histories, out / "bodies.txt")
+    results["settings"] = settings(args, model, len(ids))
+    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "wrk": wrk_version}
+    results["floor"] = in_process_floor(model, histories, int8=int8_override(args.overrides))
+    print(f"in-process floor: {results['floor']}", flush=True)
+    results["modes"] = {mode: bench_mode(mode, model, bodies, args) for mode in args.modes}
+    results["ratios"] = ratios(results["modes"], results["floor"])
+    results["targets"] = targets(results["modes"], results["ratios"])
+    results["load_avg_at_end"] = load_avgs()
+    results["wall_s"] = round(time.monotonic() - start, 1)
+    return results
 
 
 def main() -> None:
     args = parse_args()
-    out = Path(args.out)
-    catalogs = [int(float(c)) for c in args.catalogs.split(",")]
-    rates = [float(r) for r in args.rates.split(",")]
-    batching = {"on": [True], "off": [False], "on,off": [True, False], "both": [True, False]}[args.batching]
-    dirs = model_dirs(catalogs, out / "models")
-    users = [f"u{u}" for u in range(NUM_USERS)]
-
-    import ray
-
-    from raysys.serve.deploy import deploy, serve_config
-
-    ray.init(log_to_driver=False)
-    port = args.port or free_port()
-    url = f"http://127.0.0.1:{port}"
-    # Production limits (ServeConfig defaults): past capacity the proxy answers 503 at once.
-    base = ServeConfig(port=port, num_replicas=args.replicas, access_log=not args.no_access_log)
-    results: dict[str, Any] = {
-        "started_at": utc_now(),
-        "load_avg_at_start": os.getloadavg(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "settings": {
-            "duration_s": args.duration,
-            "replicas": args.replicas,
-            "access_log": not args.no_access_log,
-            "model": MODEL.model_dump(),
-            "max_len": MAX_LEN,
-            "users": NUM_USERS,
-            "request": '{"user_id": <random>, "k": 10}',
-        },
-        "served": [],
-        "floor": [],
-    }
     try:
-        deploy(serve_config(base, str(dirs[catalogs[0]])))
-        print(f"HTTP floor: GET /healthz ({url})", flush=True)
-        results["http_floor"] = rate_ladder(url, rates, args.duration, users, path="/healthz")
-        for n in catalogs:
-            for int8 in (False, True):
-                results["floor"].append({"items": n, **in_process_floor(dirs[n], users, int8=int8)})
-                print(f"items {n}: in-process floor {results['floor'][-1]}", flush=True)
-            for on in batching:
-                deploy(serve_config(base.model_copy(update={"batching": on}), str(dirs[n])))
-                print(f"  batching {'on' if on else 'off'} ({url})", flush=True)
-                points = rate_ladder(url, rates, args.duration, users)
-                results["served"].append({"items": n, "batching": on, "points": points})
-        results["live_store_read_mean_ms"] = store_read_means()
-    finally:
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
-    results["load_avg_at_end"] = os.getloadavg()  # other work on the machine skews every figure
-    results["targets"] = check_targets(results["served"])
-    if args.int8_quality:
-        results["int8_quality"] = int8_quality(args.ml100k, args.epochs, out / "models")
+        results = run(args)
+    except BenchError as exc:
+        sys.exit(f"serving.py: {exc}")
+    out = Path(args.out)
     write_json_atomic(out / "bench_serve.json", results)
     (out / "bench_serve.md").write_text(markdown(results))
     print(markdown(results))
-
-
-def check_targets(served: list[dict[str, Any]]) -> dict[str, Any]:
-    """The two targets, at 10 k items with batching on (None when that configuration was not run)."""
-    runs = [r for r in served if r["items"] == TARGET_ITEMS and r["batching"]]
-    if not runs:
-        return {"p99_ms_at_200": None, "p99_target_met": False, "max_sustained_rps": None, "rate_target_met": False}
-    points = runs[0]["points"]
-    at_200 = next((p for p in points if p["offered_rps"] == TARGET_P99_RATE), None)
-    best = max((p["offered_rps"] for p in points if p["sustained"]), default=0)
-    return {
-        "p99_ms_at_200": at_200 and at_200["p99_ms"],
-        "p99_target_met": bool(at_200 and at_200["sustained"] and at_200["p99_ms"] <= TARGET_P99_MS),
-        "max_sustained_rps": best,
-        "rate_target_met": best >= TARGET_RATE,
-    }
-
-
-def markdown(results: dict[str, Any]) -> str:
-    header = (
-        "| items | batching | max sustained req/s | p50 / p95 / p99 ms at 200 req/s | at max: p99 ms | CPU ms/req |"
-    )
-    lines = [header, "|---:|:---:|---:|---|---:|---:|"]
-    for run in results["served"]:
-        sustained = [p for p in run["points"] if p["sustained"]]
-        best = max(sustained, key=lambda p: p["offered_rps"]) if sustained else None
-        at_200 = next((p for p in run["points"] if p["offered_rps"] == 200), None)
-        figures = f"{at_200['p50_ms']} / {at_200['p95_ms']} / {at_200['p99_ms']}" if at_200 else "-"
-        top = f"{best['offered_rps']:.0f} | {figures} | {best['p99_ms']}" if best else f"0 | {figures} | -"
-        cpu = min(p["cpu_ms_per_request"] for p in run["points"])
-        lines.append(f"| {run['items']} | {'on' if run['batching'] else 'off'} | {top} | {cpu} |")
-    floor = [p for p in results.get("http_floor", []) if p["sustained"]]
-    if floor:
-        best = max(floor, key=lambda p: p["offered_rps"])
-        lines += [
-            "",
-            f"HTTP floor (GET /healthz, no model): {best['offered_rps']:.0f} req/s sustained, p99 "
-            f"{best['p99_ms']} ms, {best['cpu_ms_per_request']} CPU ms/request",
-        ]
-    lines += [
-        "",
-        "| items | precision | in-process 1 query p50 / p99 ms | 1 query/s | batch-32 queries/s |",
-        "|---:|:---:|---|---:|---:|",
-    ]
-    for f in results["floor"]:
-        precision = "int8" if f["int8"] else "fp32"
-        latency = f"{f['single_p50_ms']} / {f['single_p99_ms']}"
-        lines.append(f"| {f['items']} | {precision} | {latency} | {f['single_qps']} | {f['batch32_qps']} |")
-    lines += ["", f"live store read per batch, mean ms by model: {json.dumps(results.get('live_store_read_mean_ms'))}"]
-    load = f"at start {results['load_avg_at_start']}, at end {results['load_avg_at_end']}"
-    lines += ["", f"load average (1, 5, 15 min) {load}"]
-    lines += ["", f"targets: {json.dumps(results['targets'])}"]
-    if "int8_quality" in results:
-        lines += ["", f"int8 on a trained ml-100k student: {json.dumps(results['int8_quality'])}"]
-    return "\n".join(lines) + "\n"
+    print(f"wrote {out / 'bench_serve.json'} and {out / 'bench_serve.md'} ({results['wall_s']} s)")
 
 
 if __name__ == "__main__":
