@@ -244,7 +244,8 @@ class ServeConfig(ReplicaOptions):
     max_queued_requests: int = Field(32, ge=1)  # waiting in each proxy
     request_timeout_s: float = Field(10.0, gt=0)  # end to end, at the proxy; beyond it: 408
     access_log: bool = True  # one log line per request in the proxy and replica logs
-    api_key: str | None = None  # saved with the run config; prefer api_key_env
+    # Saved with the run config; prefer api_key_env. None keeps the key a running app has; "off" removes it.
+    api_key: str | None = None
     api_key_env: str | None = None  # name of an environment variable holding the API key
 
 

@@ -67,8 +67,29 @@ def deploy(config: dict[str, Any], timeout_s: float = 180.0) -> None:
         global_logging_config=schema.logging_config,
     )
     client.deploy_apps(schema)
+    deadline = time.monotonic() + timeout_s
     for app in schema.applications:
-        wait_running(app.name, timeout_s)
+        wait_running(app.name, deadline - time.monotonic())
+    host = schema.http_options.host
+    wait_routed(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{schema.http_options.port}", deadline)
+
+
+def wait_routed(url: str, deadline: float) -> None:
+    """Block until the HTTP ingress routes to a live replica (its `/-/healthz` answers 200): HAProxy
+    learns of new replicas a moment after Serve reports the application running."""
+    import urllib.error
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/-/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RaysysError("the HTTP ingress routes to no replica", where=url)
+        time.sleep(0.1)
 
 
 def wait_running(app_name: str, timeout_s: float) -> None:

@@ -51,9 +51,8 @@ class ReplicaSettings(ReplicaOptions):
         """The settings `cfg` gives replicas serving `model_dir`; the API key only as its hash."""
         key = resolve_api_key(cfg)
         options = cfg.model_dump(include=set(ReplicaOptions.model_fields))
-        return cls(
-            model_dir=model_dir, api_key_sha256=hashlib.sha256(key.encode()).hexdigest() if key else None, **options
-        )
+        digest = KEY_OFF if key == KEY_OFF else hashlib.sha256(key.encode()).hexdigest() if key else None
+        return cls(model_dir=model_dir, api_key_sha256=digest, **options)
 
 
 def resolve_api_key(cfg: ServeConfig) -> str | None:

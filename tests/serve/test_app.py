@@ -185,7 +185,11 @@ def test_api_key_is_enforced_when_configured(served) -> None:
         assert post(served, "/recommend", body, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert httpx.get(served.url + "/metadata").status_code == 401
         assert httpx.get(served.url + "/healthz").status_code == 200  # probes need no key
+        served.configure(num_replicas=2)  # a redeploy that names no key (api_key_sha256: null) keeps it
+        assert post(served, "/recommend", body).status_code == 401
+        assert post(served, "/recommend", body, headers={"X-API-Key": "s3cret"}).status_code == 200
     finally:
+        served.configure(num_replicas=2, api_key="off")  # turning it off takes saying so
         served.configure(num_replicas=2)
     assert post(served, "/recommend", {"history": ["i1"], "k": 3}).status_code == 200
 
