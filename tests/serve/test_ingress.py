@@ -56,7 +56,7 @@ def test_the_rewrite_closes_ports_and_sockets_and_answers_json(tmp_path: Path) -
     assert "backup" in config  # Ray's fallback for replicas being reconfigured stays
     assert 'content-type application/json string "{\\"detail\\":\\"Not Found\\"}"' in config
     for code, (status, _, detail) in ERRORS.items():
-        head, body = (errors / f"{code}.http").read_text().split("\r\n\r\n")
+        head, body = (errors / f"{code}.http").read_bytes().decode().split("\r\n\r\n")
         assert head.startswith(f"HTTP/1.1 {status} ") and json.loads(body) == {"detail": detail}
         assert ("Retry-After: 1" in head) == (status == 503)
     checked = haproxy_check(config, tmp_path)
