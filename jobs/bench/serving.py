@@ -198,9 +198,9 @@ def write_bodies(histories: list[list[str]], path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def served(mode: str, model: Path, run_dir: Path, replicas: int, overrides: list[str]) -> Iterator[str]:
-    """`raysys serve` with ingress `mode` in its own process and Ray cluster; yields its URL once
-    /healthz answers 200, and stops it with SIGINT (as Ctrl-C) on the way out."""
+def served(mode: str, model: Path, run_dir: Path, replicas: int, overrides: list[str]) -> Iterator[tuple[str, int]]:
+    """`raysys serve` with ingress `mode` in its own process and Ray cluster; yields its URL and pid
+    once /healthz answers 200, and stops it with SIGINT (as Ctrl-C) on the way out."""
     port = free_port()
     cmd = [
         *[sys.executable, "-m", "raysys.cli", "serve", "--model", str(model), "--out", str(run_dir)],
@@ -215,7 +215,7 @@ def served(mode: str, model: Path, run_dir: Path, replicas: int, overrides: list
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log)
-        yield url
+        yield url, process.pid
     finally:
         stop_server(process)
 
@@ -296,14 +296,17 @@ def _ms(value: float | None) -> float | None:
 # ------------------------------------------------------------------------------------ closed loop
 
 
-def closed_loop(url: str, bodies: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """wrk -t{threads} -cN for each N in --connections, after a warm-up; one point per N."""
+def closed_loop(url: str, bodies: Path, args: argparse.Namespace, server_pid: int) -> list[dict[str, Any]]:
+    """wrk -t{threads} -cN for each N in --connections, after a warm-up; one point per N, each with
+    the server's CPU per request by process role (the per-request CPU profile)."""
     run_wrk(url, POST_SCRIPT, args.threads, args.connections[0], WARMUP_S, [str(bodies)], args.client_cpu)
     points = []
     for n in args.connections:
         time.sleep(PAUSE_S)
+        before = cpu_by_role(server_pid)
         raw = run_wrk(url, POST_SCRIPT, args.threads, n, args.duration, [str(bodies)], args.client_cpu)
         point = closed_point(n, raw)
+        point["cpu_ms_per_request"] = cpu_per_request(before, cpu_by_role(server_pid), raw["requests"])
         print(
             f"    closed -c{n:<3} {point['rps']:>7.1f} req/s  p50 {point['p50_ms']}  p90 {point['p90_ms']}  "
             f"p99 {point['p99_ms']} ms  statuses {point['statuses']}  socket errors {point['socket_errors']}  "
@@ -312,6 +315,42 @@ def closed_loop(url: str, bodies: Path, args: argparse.Namespace) -> list[dict[s
         )
         points.append(point)
     return points
+
+
+ROLES = {  # process title fragment -> role, first match wins
+    "ServeReplica": "replica",
+    "LiveStore": "live store",
+    "ProxyActor": "serve proxy",
+    "HAProxyMan": "haproxy manager",
+    "ServeController": "serve controller",
+    "raylet": "raylet",
+    "gcs_server": "gcs",
+}
+
+
+def cpu_by_role(root_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server's process tree (raysys serve and its Ray cluster), by role."""
+    import psutil
+
+    totals: dict[str, float] = {}
+    root = psutil.Process(root_pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            title = " ".join(process.cmdline()) or process.name()
+            role = "haproxy" if process.name() == "haproxy" else "other"
+            role = next((r for fragment, r in ROLES.items() if fragment in title), role)
+            times = process.cpu_times()
+            totals[role] = totals.get(role, 0.0) + times.user + times.system
+        except psutil.Error:
+            pass  # exited meanwhile
+    return totals
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per answered request, by role, and their total."""
+    per = {role: 1000 * (after[role] - before.get(role, 0.0)) / max(requests, 1) for role in after}
+    per = {role: round(ms, 3) for role, ms in sorted(per.items(), key=lambda kv: -kv[1]) if ms > 0.0005}
+    return {**per, "total": round(sum(per.values()), 3)}
 
 
 def closed_point(connections: int, raw: dict[str, Any]) -> dict[str, Any]:
@@ -541,6 +580,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {p['p95_ms']} | {p['p99_ms']} | {_statuses(p)} | {'yes' if p['sustained'] else 'no'} "
                 f"| {p['load_avg_1min']} |"
             )
+    lines += ["", "server CPU per request (ms, by process role, closed loop):"]
+    for mode, run in results["modes"].items():
+        for p in run["closed_loop"]:
+            lines.append(f"- {mode} -c{p['connections']}: {json.dumps(p.get('cpu_ms_per_request'))}")
     return "\n".join(lines + ["", *summary_lines(results)]) + "\n"
 
 
@@ -589,8 +632,8 @@ def bench_mode(mode: str, model: Path, bodies: Path, args: argparse.Namespace) -
     """Start `raysys serve` in `mode`, run the closed loop then the paced ladder, stop it."""
     start = time.monotonic()
     print(f"{mode}: starting raysys serve serve.ingress={mode}", flush=True)
-    with served(mode, model, Path(args.out) / f"serve-{mode}", args.replicas, args.overrides) as url:
-        closed = closed_loop(url, bodies, args)
+    with served(mode, model, Path(args.out) / f"serve-{mode}", args.replicas, args.overrides) as (url, pid):
+        closed = closed_loop(url, bodies, args, pid)
         paced = paced_ladder(url, bodies, args)
     run = {"closed_loop": closed, "paced": paced, "max_rps": max_rps(closed)}
     run["wall_s"] = round(time.monotonic() - start, 1)
