@@ -20,8 +20,10 @@ Ray runs `RAY_SERVE_HAPROXY_BINARY_PATH` for every (re)start of HAProxy; we poin
 - a client must send its request headers within 5 s (`timeout http-request`), else 408;
 - the replica must answer within `serve.request_timeout_s` (`timeout server`), else 408;
 - every error HAProxy answers itself is JSON `{"detail": ...}` like the app's own, 503 with Retry-After;
-- a request that met a replica dying mid-request (connection reset, empty answer) is retried on
-  another replica, for the read-only `/recommend` only: writes are never replayed.
+- a request that met a replica dying mid-request (connection reset, empty answer, 502) is retried on
+  another replica, for the read-only `/recommend` only: writes are never replayed. Requests are
+  buffered whole before they are sent (only a buffered request can be replayed; the body cap keeps
+  them small), and a replica is marked down at its first refused connection.
 
 Ray's fallback to its Python proxy (a `backup` server) stays: Serve takes a replica out of HAProxy's
 list while its `reconfigure` runs (a hot reload), and without the fallback a reload of every replica
@@ -71,6 +73,10 @@ def ingress_env(ingress: str, request_timeout_s: float, executable: str | None =
         "RAY_SERVE_HAPROXY_BINARY_PATH": executable or wrapper_path(),
         "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(max(1, math.ceil(request_timeout_s))),
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response 502",
+        # A dead replica has no connections, so leastconn keeps picking it until it is marked down:
+        # mark it down at its first refused connection, and retry often enough to get past it.
+        "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1",
+        "RAY_SERVE_HAPROXY_RETRIES": "5",
         # Two threads: HAProxy's default of 4 only adds context switches on a 2-core node.
         "RAY_SERVE_HAPROXY_NBTHREAD": os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD", "2"),
         # Loopback ports of their own, so two local clusters on one machine do not collide.
@@ -112,6 +118,7 @@ def harden(config: str, errors_dir: Path) -> str:
             out.append(line)
             if section == "defaults":
                 out.append(f"    timeout http-request {HEADER_TIMEOUT_S}s")
+                out.append("    option http-buffer-request")  # a whole request, so an L7 retry can replay it
                 out.extend(f"    errorfile {code} {errors_dir / f'{code}.http'}" for code in ERRORS)
             elif section.startswith("backend ") and section != "backend default_backend":
                 paths = " ".join(RETRIED_PATHS)

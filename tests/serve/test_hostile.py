@@ -200,3 +200,17 @@ def test_killing_one_of_two_replicas_under_20_clients_fails_no_request(served, r
     answers = Counter({s: n for s, n in statuses.items() if isinstance(s, int)})
     assert answers == {200: answers.total()} and answers.total() > 100, statuses
     assert set(statuses) <= {200, "closed idle connection, retried"}, statuses
+
+
+def test_killing_the_only_replica_answers_json_and_recovers(served, record_property) -> None:
+    """With no replica alive, requests wait in Serve's proxy for a new one (Ray's fallback, kept for hot
+    reloads) and get 200, or 408 at the request timeout, never a 5xx page; the figures are recorded."""
+    served.configure(num_replicas=1)
+    wait_healthy(replicas=1)
+    results, recovery_s = kill_one_replica_under_load(served, clients=20)
+    statuses = Counter(status for status, _ in results)
+    slowest = max(seconds for _, seconds in results)
+    record_property("recovery_s", round(recovery_s, 1))
+    print(f"1 replica killed under 20 clients: {dict(statuses)}, slowest {slowest:.1f} s, recovered {recovery_s:.1f} s")
+    assert set(statuses) <= {200, 408, 503, "closed idle connection, retried"}, statuses
+    assert post(served, "/recommend", {"history": ["i1"], "k": 3}).status_code == 200

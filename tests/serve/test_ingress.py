@@ -51,7 +51,11 @@ def test_the_rewrite_closes_ports_and_sockets_and_answers_json(tmp_path: Path) -
     config = harden(RAY_CONFIG.format(dir=tmp_path), errors)
     assert "mode 600 level admin" in config and "mode 666" not in config
     assert "bind 127.0.0.1:9101" in config and "bind 127.0.0.1:8404" in config and "bind 127.0.0.1:8000" in config
-    assert "timeout http-request 5s" in config and f"{tmp_path}/500.http" not in config  # Ray's text page
+    assert (
+        "timeout http-request 5s" in config
+        and "option http-buffer-request" in config
+        and f"{tmp_path}/500.http" not in config
+    )  # Ray's text page
     assert "http-request disable-l7-retry if !{ path /recommend }" in config  # writes are never replayed
     assert "backup" in config  # Ray's fallback for replicas being reconfigured stays
     assert 'content-type application/json string "{\\"detail\\":\\"Not Found\\"}"' in config
