@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: install demo test lint browser
+.PHONY: install demo test lint browser wrk
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,17 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/raysys pipeline --config jobs/configs/quickstart.yaml --out runs/quickstart
 
-test: install browser
+test: install browser wrk
 	$(PY) -m pytest tests --durations=15
 
 # Debian's chromium and its driver, for the report's browser test (tests/report/test_report_browser.py).
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+# Debian's wrk, the HTTP load generator of the serving benchmark (jobs/bench/serving.py) and its tests.
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 
 lint: install
 	$(VENV)/bin/ruff check raysys jobs tests

@@ -4,7 +4,7 @@
     python jobs/bench/serving.py --duration 8 --rates 100,200,400,600 --connections 16,32 --out runs/bench_quick
     python jobs/bench/serving.py --model runs/x/export/student --modes haproxy --set serve.batching=false
 
-Needs `wrk` and `taskset` (apt-get install wrk; taskset comes with util-linux). Without --model a randomly
+Needs `wrk` and `taskset` (`make wrk` installs Debian's wrk; taskset comes with util-linux). Without --model a randomly
 initialised student over --items items is exported once into OUT/models (latency depends on the catalog
 size and the model shape, not on what the weights learned: raysys.bench.model_dirs).
 

@@ -8,14 +8,16 @@ GET /metadata. All item and user ids are the original ids of the data.
 
 One replica = one `Recommender`. Its live settings arrive through `user_config` (`reconfigure`):
 the model directory (a new one is loaded beside the old and swapped in, so a hot reload drops no
-request), batching, the history cap, the body size limit and the API key hash. Requests for
-/recommend are grouped by `@serve.batch`; each batch does one read of the shared `LiveStore`
-(events and added items, see state.py) and one forward pass (`ServingModel.predict`, scoring.py)
-in a worker thread, so the event loop keeps accepting requests for the next batch meanwhile.
+request), batching, the history cap, the body size limit and the API key hash (a config naming
+none keeps the key in force). Requests for /recommend are grouped by `@serve.batch`; each batch
+reads live events and added items from the replica's `LiveMirror` (a local copy the shared
+`LiveStore` pushes changes to, see state.py) and runs one forward pass (`ServingModel.predict`,
+scoring.py) in a worker thread, so the event loop keeps accepting requests for the next batch.
 
-Backpressure is Serve's: `max_ongoing_requests` per replica plus `max_queued_requests` per proxy,
-beyond which the proxy answers 503 with `Retry-After` at once; the proxy's `request_timeout_s`
-answers 408. Bad input is a 4xx from the strict schemas and the guard below, never a 5xx.
+In front of the replicas is the HTTP ingress (ingress.py: Serve's HAProxy mode by default).
+Backpressure is Serve's: `max_ongoing_requests` per replica plus `max_queued_requests`, beyond which
+the answer is 503 with `Retry-After` at once; past `request_timeout_s` the ingress answers 408. Bad
+input is a 4xx from the strict schemas and the guard below, never a 5xx; every error is JSON.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class Recommender:
 
     # Two batches in flight: one can wait on the live store while the other computes. Size and wait
     # are live settings (reconfigure sets them).
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004, max_concurrent_batches=2)
     async def _recommend_batched(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
         return await self.predict(requests)
 

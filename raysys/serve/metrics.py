@@ -40,7 +40,7 @@ class ServeMetrics:
 
         self.store_read_ms = Histogram(
             "raysys_serve_live_store_read_ms",
-            description="One read of the shared live store (events + added items) per batch, in milliseconds.",
+            description="A direct read of the shared live store, in ms (only while a replica's mirror is not current).",
             boundaries=LATENCY_BOUNDARIES_MS,
             tag_keys=("model_version",),
         )
