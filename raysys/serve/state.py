@@ -261,6 +261,7 @@ class LiveMirror:
         self.epoch = ""
         self.version = 0
         self.current_until = 0.0  # monotonic time until which local reads are allowed
+        self.lost = False  # the last follow failed (logged once per outage)
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -284,12 +285,13 @@ class LiveMirror:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is restarting or unreachable: read it directly meanwhile
-                self.current_until = 0.0
-                logger.warning("live store mirror %s lost the store: %s", self.name, exc)
+                if not self.lost:  # once per outage, not every retry
+                    logger.warning("live store mirror %s lost the store: %s", self.name, exc)
+                self.current_until, self.lost = 0.0, True
                 await asyncio.sleep(0.2)
                 continue
             self.apply(update)
-            self.current_until = sent + self.lease_s
+            self.current_until, self.lost = sent + self.lease_s, False
 
     def apply(self, update: Update) -> None:
         """Take in a follow's answer: the whole state (new store, or far behind) or the changes."""
