@@ -70,8 +70,9 @@ def deploy(config: dict[str, Any], timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     for app in schema.applications:
         wait_running(app.name, deadline - time.monotonic())
-    host = schema.http_options.host
-    wait_routed(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{schema.http_options.port}", deadline)
+    http = client.http_config  # a Serve that was already running keeps its own host and port
+    host = "127.0.0.1" if http.host in (None, "0.0.0.0", "::") else http.host
+    wait_routed(f"http://{host}:{http.port}", deadline)
 
 
 def wait_routed(url: str, deadline: float) -> None:
