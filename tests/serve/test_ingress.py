@@ -29,6 +29,9 @@ frontend prometheus
     no log
 frontend http_frontend
     bind 127.0.0.1:8000
+    acl healthcheck path -i /-/healthz
+    acl backend_http-raysys_server_up nbsrv(http-raysys) ge 1
+    http-request return status 200 content-type text/plain string "success" if healthcheck backend_http-raysys_server_up
     acl is_http-raysys path_beg /
     use_backend http-raysys if is_http-raysys
     default_backend default_backend
@@ -36,6 +39,7 @@ backend default_backend
     http-request return status 404 content-type text/plain lf-string "Path '%[path]' not found."
 backend http-raysys
     option httpchk GET /-/healthz
+    default-server fastinter 250ms downinter 250ms fall 2 rise 2 inter 5s check
     server SERVE_REPLICA_raysys-Recommender-1 127.0.0.1:30000 check
     server SERVE_PROXY_ACTOR-fallback 127.0.0.1:8500 check backup
 listen stats
@@ -57,7 +61,21 @@ def test_the_rewrite_closes_ports_and_sockets_and_answers_json(tmp_path: Path) -
         and f"{tmp_path}/500.http" not in config
     )  # Ray's text page
     assert "http-request disable-l7-retry if !{ path /recommend }" in config  # writes are never replayed
-    assert "backup" in config  # Ray's fallback for replicas being reconfigured stays
+    # Ray's fallback to its proxy (for replicas being reconfigured) moves to a backend of its own, used
+    # only when no replica is up, and answering 503 + Retry-After when the proxy holds a request too long.
+    main, fallback = config.split("backend http-raysys\n")[1], config.split("backend http-raysys-fallback\n")[1]
+    assert "backup" not in config and "127.0.0.1:8500" not in main.split("listen stats")[0]
+    assert "server SERVE_PROXY_ACTOR-fallback 127.0.0.1:8500 check\n" in fallback
+    assert "timeout server 500ms" in fallback and "default-server fastinter 250ms" in fallback
+    assert f"errorfile 504 {errors}/fallback-504.http" in fallback and "hdr Retry-After 1" in fallback
+    rules = config.split("frontend http_frontend")[1].split("\nbackend ")[0]
+    assert rules.index("use_backend http-raysys-fallback if is_http-raysys !{ nbsrv(http-raysys) ge 1 }") < rules.index(
+        "use_backend http-raysys if is_http-raysys"
+    )
+    assert "acl backend_http-raysys_server_up nbsrv(http-raysys-fallback) ge 1" in rules  # /-/healthz as before
+    assert (errors / "408.http").read_text() == ""  # slow headers: the connection is closed, no HTML page
+    head, body = (errors / "fallback-504.http").read_bytes().decode().split("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 503 ") and "Retry-After: 1" in head and json.loads(body)["detail"]
     assert 'content-type application/json string "{\\"detail\\":\\"Not Found\\"}"' in config
     for code, (status, _, detail) in ERRORS.items():
         head, body = (errors / f"{code}.http").read_bytes().decode().split("\r\n\r\n")
