@@ -236,10 +236,13 @@ class ServeConfig(ReplicaOptions):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     app_name: str = "raysys"
-    num_replicas: int = Field(1, ge=1)
+    # Two replicas of half a Ray CPU each: a replica is one Python process, so one replica uses one core;
+    # two use both cores of a small machine (jobs/bench/serving.py, 2 cores: closed-loop max about 1.4 x
+    # one replica's) and a replica that dies costs no request (the other takes its retries).
+    num_replicas: int = Field(2, ge=1)
     max_replicas: int | None = Field(None, ge=1)  # above num_replicas: autoscale between the two
     target_ongoing_requests: float = Field(8.0, gt=0)  # autoscaling target per replica
-    num_cpus: float = Field(1.0, gt=0)  # Ray CPUs reserved per replica
+    num_cpus: float = Field(0.5, gt=0)  # Ray CPUs reserved per replica
     # In flight per replica: high, because the replica queues cheaply (its batcher) while requests
     # queued in the proxy's router cost CPU each; beyond both: 503 + Retry-After at once.
     max_ongoing_requests: int = Field(128, ge=1)

@@ -60,7 +60,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from raysys.config import StudentConfig
+from raysys.config import ServeConfig, StudentConfig
 from raysys.files import free_port, write_json_atomic
 from raysys.run import utc_now
 
@@ -95,7 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", type=rate_list, default="100,200,300,400,500,600,800", help="paced req/s")
     parser.add_argument("--paced-connections", type=int, default=16, help="paced connections (one per wrk thread)")
     parser.add_argument("--duration", type=int, default=15, help="seconds per point (wrk takes whole seconds)")
-    parser.add_argument("--replicas", type=int, default=1, help="serve.num_replicas")
+    parser.add_argument(
+        "--replicas", type=int, default=ServeConfig().num_replicas, help="serve.num_replicas (default: the shipped one)"
+    )
     parser.add_argument("--client-cpu", type=int, default=(os.cpu_count() or 1) - 1, help="CPU wrk is pinned to")
     parser.add_argument(
         "--set",

@@ -87,7 +87,7 @@ RETRY_AFTER_S = 1
     health_check_timeout_s=10,
     graceful_shutdown_timeout_s=10,
     max_surge_percent=100,  # a code change starts new replicas before stopping old ones
-    ray_actor_options={"num_cpus": 1},
+    ray_actor_options={"num_cpus": 0.5},
     deployment_actors=[
         DeploymentActorConfig(name=LIVE_STORE_NAME, actor_class=ray.remote(LiveStore), actor_options={"num_cpus": 0})
     ],

@@ -5,11 +5,11 @@
 
 `serve.ingress: haproxy` is Serve's high-throughput mode (`RAY_SERVE_ENABLE_HA_PROXY=1
 RAY_SERVE_THROUGHPUT_OPTIMIZED=1`): HAProxy takes the HTTP port and forwards each request straight to a
-replica's own HTTP server (direct ingress), so no Python proxy sits in the request path. Measured on 2
-cores: about 5.5 x the default proxy's maximum (jobs/bench/serving.py). Ray reads these variables when
-its processes start, so they must be in the environment of whoever starts Ray: `raysys` sets them
-before it starts a local cluster; on a cluster started with `ray start`, export them on every node
-first (cluster/README.md).
+replica's own HTTP server (direct ingress), so no Python proxy sits in the request path. Measured on
+2 cores with 2 replicas: about 10 x the default proxy's maximum (jobs/bench/serving.py). Ray reads
+these variables when its processes start, so they must be in the environment of whoever starts Ray:
+`raysys` sets them before it starts a local cluster; on a cluster started with `ray start`, export
+them on every node first (cluster/README.md).
 
 Ray writes HAProxy's config from a fixed template, which leaves a few things open on a single node.
 Ray runs `RAY_SERVE_HAPROXY_BINARY_PATH` for every (re)start of HAProxy; we point it at
