@@ -12,6 +12,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 ML100K = SHARED_DATA / "ml-100k"
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Every Ray the tests start is their own: never a `ray start` cluster recorded on this machine (live, or
+# stale after a crash, which plain `ray.init()` would wait minutes for), nor one named from outside.
+# Tests that mean a cluster (`ray job submit`, Tune against the session's) name its address themselves.
+os.environ["RAY_ADDRESS"] = "local"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_command(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_ADDRESS": ""}  # a fresh local Ray, not the test session's
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # a fresh local Ray, not the test session's
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=timeout)
 
 

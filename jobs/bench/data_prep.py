@@ -170,7 +170,13 @@ def run_one(impl: str, interactions: Path, work_dir: Path, result_file: Path) ->
 
         start = time.perf_counter()
         # As raysys.data.prepare.ensure_ray would start it, but before the clock starts.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
         result["ray_start_s"] = time.perf_counter() - start
         cfg = DataConfig(path=str(interactions), format="parquet", cache_dir=str(work_dir / "cache"))
         start = time.perf_counter()

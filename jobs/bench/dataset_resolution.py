@@ -68,7 +68,7 @@ def one_run(repo: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
     log = out / "probe.jsonl"
     env = probe_env(out / "probe", log)
     env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(repo)])  # the probe first, then the checkout
-    env.pop("RAY_ADDRESS", None)  # its own local cluster
+    env["RAY_ADDRESS"] = "local"  # its own local cluster (raysys.cluster)
     config = repo / "jobs" / "configs" / "tune_ml100k.yaml"
     command = [sys.executable, "-m", "raysys.cli", "tune", "--config", str(config), *SEARCH, *overrides]
     start = time.perf_counter()
@@ -106,7 +106,7 @@ def per_call(interactions: int, cache_dir: Path, repeats: int = 3) -> dict[str, 
     users = max(1000, interactions // 50)
     synthetic = SyntheticConfig(num_users=users, num_items=max(1000, users // 10), num_interactions=interactions)
     cfg = DataConfig(format="synthetic", synthetic=synthetic, cache_dir=str(cache_dir))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     path = load_or_prepare(cfg, progress=False).path
     resolve, opened = [], []
     for _ in range(repeats):

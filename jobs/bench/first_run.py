@@ -49,7 +49,7 @@ def main() -> None:
     out.mkdir(parents=True)
     scratch = Path(tempfile.mkdtemp(prefix="raysys-first-run-"))
     env = {**os.environ, "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "local"  # its own local cluster, as on a fresh machine (raysys.cluster)
     if args.cold_ops:
         env["TORCH_EXTENSIONS_DIR"] = str(scratch / "torch_extensions")
     run_dir = out / "run"

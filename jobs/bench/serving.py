@@ -209,7 +209,7 @@ def served(mode: str, model: Path, run_dir: Path, replicas: int, overrides: list
         *["--port", str(port), f"serve.ingress={mode}", "serve.access_log=false", f"serve.num_replicas={replicas}"],
         *overrides,
     ]
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}  # never someone else's cluster
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # never someone else's cluster (raysys.cluster)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "serve.out"
     with log.open("w") as sink:

@@ -42,6 +42,7 @@ import ray
 from ray.data import DataContext, Dataset
 from ray.data.context import ShuffleStrategy
 
+from raysys.cluster import init_ray
 from raysys.config import DataConfig
 from raysys.console import console
 from raysys.data.cache import data_config_hash, dataset_key, fingerprint_files, is_complete, publish
@@ -133,7 +134,7 @@ def prepare_dataset(
 ) -> dict[str, Any]:
     """Run the pipeline into `out_dir` (which must not exist) and return the manifest it wrote last."""
     if ensure_ray():
-        status("started a local Ray instance")
+        status("Ray started or joined")
     (out_dir / SEQUENCES_DIR).mkdir(parents=True)
     with data_context(progress=status.enabled):
         status(f"reading {len(source.input_paths)} file(s) ({source.format})")
@@ -387,21 +388,9 @@ def _nonzero(counts: dict[str, int]) -> str:
 
 def ensure_ray() -> bool:
     """Start Ray if it is not running: join the cluster of RAY_ADDRESS, or one started with `ray start` on
-    this machine, as it is; else start a local instance using every core (and no dashboard, which a data
-    job does not need). True when it started one here."""
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return False
-    try:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, configure_logging=False)
-    except ValueError as exc:  # ray.init found a `ray start` cluster, which takes no resource settings
-        if "existing cluster" not in str(exc):
-            raise
-        ray.init()
-        return False
-    return True
+    this machine, as it is (raysys.cluster.init_ray); else start a local instance using every core (and no
+    dashboard, which a data job does not need). True when this call initialised Ray."""
+    return init_ray(num_cpus=os.cpu_count() or 1, include_dashboard=False, configure_logging=False)
 
 
 @contextmanager

@@ -42,10 +42,11 @@ def serve_smoke(cfg: ServeConfig, model_dir: Path, *, user_id: str | None = None
 
     user_id = user_id or _first_user(model_dir)
     if not ray.is_initialized():
+        from raysys.cluster import init_ray
         from raysys.serve.ingress import apply_ingress_env
 
         apply_ingress_env(cfg.serve)
-        ray.init(log_to_driver=False)
+        init_ray(log_to_driver=False)
     serve_was_running = _get_global_client(raise_if_no_controller_running=False) is not None
     config = _smoke_config(serve_config(_smoke_serve_cfg(cfg), str(model_dir.resolve())))
     try:

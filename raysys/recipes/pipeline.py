@@ -163,12 +163,14 @@ def init_ray(cfg: Config) -> bool:
     the serve smoke test's HTTP ingress); True when this call initialised Ray in this process (so the
     pipeline disconnects at the end)."""
     import ray
+    from ray._private.worker import get_dashboard_url
 
+    from raysys import cluster
     from raysys.serve.ingress import apply_ingress_env
 
     if ray.is_initialized():
         return False
     apply_ingress_env(cfg.serve)
-    context = ray.init(include_dashboard=True)  # Ray Train V2 asks the dashboard whether a run is alive
-    console.say(f"  Ray started (dashboard {context.dashboard_url or 'not running'})")
+    cluster.init_ray(include_dashboard=True)  # Ray Train V2 asks the dashboard whether a run is alive
+    console.say(f"  Ray started (dashboard {get_dashboard_url() or 'not running'})")
     return True

@@ -45,13 +45,14 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray import serve
 
+    from raysys.cluster import init_ray
     from raysys.serve.deploy import deploy
     from raysys.serve.ingress import apply_ingress_env
 
     started_ray = not ray.is_initialized()
     if started_ray:
         apply_ingress_env(serve_cfg)  # the HTTP ingress is chosen when Ray's processes start
-        ray.init(log_to_driver=False)
+        init_ray(log_to_driver=False)
     url = f"http://{serve_cfg.host}:{serve_cfg.port}"
     start = time.time()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `ray job stop`, `kill`: same as Ctrl-C

@@ -80,15 +80,13 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace | None = None) -> d
 
 
 def start_ray() -> str | None:
-    """Join the Ray cluster in RAY_ADDRESS (or the one already started), else start a local one with
-    its dashboard; returns the dashboard address."""
-    import ray
-
-    if not ray.is_initialized():
-        context = ray.init(include_dashboard=True, configure_logging=False)
-        return context.dashboard_url or None
+    """Join the Ray cluster (RAY_ADDRESS, or the one already started; raysys.cluster.init_ray), else start
+    a local one with its dashboard; returns the dashboard address."""
     from ray._private.worker import get_dashboard_url
 
+    from raysys.cluster import init_ray
+
+    init_ray(include_dashboard=True, configure_logging=False)
     return get_dashboard_url() or None
 
 

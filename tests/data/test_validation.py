@@ -200,7 +200,7 @@ def test_drop_policy_counts_every_row(ray_session, prepare, tmp_path: Path) -> N
 def test_error_subprocess_has_no_traceback(tmp_path: Path) -> None:
     """The real command: a duplicate found inside a Ray task ends as one line on stderr and exit code 2."""
     path = write(tmp_path / "log.csv", HEADER + "u1,i1,1\nu1,i1,1\n")
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     done = subprocess.run(
         [
             sys.executable,

@@ -41,7 +41,7 @@ def test_a_16_trial_pbt_search_hashes_its_inputs_once(tiny_data: dict, tmp_path:
     path.write_text(yaml.safe_dump(config))
     log, out = tmp_path / "probe.jsonl", tmp_path / "run"
     env = probe_env(tmp_path / "probe", log)
-    env.pop("RAY_ADDRESS", None)  # its own local cluster: every process it starts loads the probe
+    env["RAY_ADDRESS"] = "local"  # its own local cluster: every process it starts loads the probe
     command = [sys.executable, "-m", "raysys.cli", "tune", "--config", str(path), "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840)
     assert done.returncode == 0, done.stderr[-3000:]
