@@ -104,7 +104,11 @@ class TrainingConfig(Section):
     grad_clip: float | None = 1.0
     grad_accum: int = Field(1, ge=1)
     seed: int = 0
-    loss: Literal["full", "sampled"] = "full"  # softmax over the whole catalog or sampled negatives
+    # Softmax over the whole catalog ("full") or over in-batch + `num_negatives` uniform negatives with logQ
+    # ("sampled"). "auto": sampled when the catalog is large against a batch's targets (items > SAMPLED_ABOVE
+    # x (targets per batch + num_negatives), raysys.objectives.softmax), else full; resolved from the
+    # prepared data when training starts and written into the run's config.yaml and summary.json.
+    loss: Literal["auto", "full", "sampled"] = "auto"
     num_negatives: int = Field(256, ge=1)  # uniform negatives for the sampled softmax
     mask_prob: float = Field(0.2, gt=0, lt=1)  # Cloze masking rate
     cl_temperature: float = Field(1.0, gt=0)  # InfoNCE temperature of the contrastive loss

@@ -6,8 +6,9 @@
 
 Datasets (DATASETS): ml100k (jobs/configs/ml100k.yaml; needs ../shared/data/ml-100k, skipped without it),
 sparse (jobs/configs/sparse.yaml: 20 k users, 10 k items, median history 6) and catalog100k (the sparse
-preset with 100 k items). Paths: `old` is each dataset's config as shipped; `new` adds the overrides of
---new (default NEW: the candidate for the new defaults, length-aware batching). Every run is one
+preset with 100 k items). Paths: `old` is each dataset's config with the overrides of --old (default OLD:
+the path before length-aware batching and loss=auto: every window padded to its batch's longest row, full
+softmax); `new` with those of --new (default NEW: none, the shipped defaults). Every run is one
 `raysys pretrain` command (the teacher: Ray Train + DeepSpeed, the config's workers) for --epochs epochs
 with early stopping off, on the same data and seed, one after the other so all see the same machine.
 
@@ -52,7 +53,10 @@ DATASETS: dict[str, tuple[str, list[str]]] = {
         ["data.synthetic.num_items=100000", "data.synthetic.num_users=10000", "data.synthetic.num_topics=500"],
     ),
 }
-NEW = ["pretrain.length_buckets=50"]  # the candidate new path, until it becomes the default
+# The path before this work (every window padded as its batch's longest, full softmax) and the new one: the
+# shipped defaults (length-aware batching, loss=auto).
+OLD = ["pretrain.length_buckets=0", "pretrain.loss=full"]
+NEW: list[str] = []
 SPARSE_MIN_SHARE = 0.5  # sparse targets/s >= half of ml100k's (per-target cost <= 2 x)
 CATALOG_MIN_SHARE = 0.25  # catalog100k targets/s >= 25 % of ml100k's
 
@@ -63,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", default=",".join(DATASETS), help=f"any of {','.join(DATASETS)}")
     parser.add_argument("--paths", default="old,new", help="old, new or both")
     parser.add_argument(
+        "--old", action="append", metavar="KEY=VALUE", help=f"the old path's overrides (repeatable; default {OLD})"
+    )
+    parser.add_argument(
         "--new", action="append", metavar="KEY=VALUE", help=f"the new path's overrides (repeatable; default {NEW})"
     )
     parser.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE", help="every run")
@@ -70,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
     args.paths = [p for p in args.paths.split(",") if p]
-    args.new = args.new or NEW
+    args.old, args.new = args.old or OLD, args.new or NEW
     unknown = sorted(set(args.datasets) - set(DATASETS)) + sorted(set(args.paths) - {"old", "new"})
     if unknown or args.epochs < 1:
         parser.error(f"unknown datasets/paths {unknown}" if unknown else "--epochs must be at least 1")
@@ -78,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def path_overrides(path: str, args: argparse.Namespace) -> list[str]:
-    return [] if path == "old" else list(args.new)
+    return list(args.old if path == "old" else args.new)
 
 
 def run_one(dataset: str, path: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -149,7 +156,8 @@ def targets(datasets: dict[str, dict[str, Any]], path: str = "new") -> dict[str,
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Training throughput {results['started_at']}: {results['settings']['epochs']} epochs per run, "
-        f"new path = {' '.join(results['settings']['new'])}",
+        f"old path = {' '.join(results['settings']['old']) or 'the defaults'}, "
+        f"new path = {' '.join(results['settings']['new']) or 'the defaults'}",
         "",
         "| dataset | path | targets/s | s/epoch | train s | validation s | valid NDCG@10 | wall s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -173,7 +181,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "started_at": utc_now(),
-        "settings": {"epochs": args.epochs, "new": args.new, "common": args.common, "cpus": os.cpu_count()},
+        "settings": {
+            "epochs": args.epochs,
+            "old": args.old,
+            "new": args.new,
+            "common": args.common,
+            "cpus": os.cpu_count(),
+        },
         "load_start": [round(x, 2) for x in os.getloadavg()],
         "datasets": {},
     }

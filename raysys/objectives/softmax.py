@@ -68,6 +68,23 @@ def sampled_softmax_loss(
     return F.cross_entropy(logits, own)
 
 
+# loss=auto takes the sampled softmax above this many items per (targets per batch + negatives) it scores
+# instead of the catalog. Measured by jobs/bench/softmax_crossover.py (1 thread, hidden 64, 256 negatives).
+SAMPLED_ABOVE = 2.0
+
+
+def auto_loss(num_items: int, targets_per_batch: float, num_negatives: int) -> tuple[str, str]:
+    """What loss=auto resolves to for a catalog of `num_items` indices, and why (one line)."""
+    real = num_items - FIRST_ITEM_INDEX
+    scored = targets_per_batch + num_negatives
+    choice = "sampled" if real > SAMPLED_ABOVE * scored else "full"
+    sign = ">" if choice == "sampled" else "<="
+    return choice, (
+        f"{real:,} items {sign} {SAMPLED_ABOVE:g} x ({targets_per_batch:,.0f} targets per batch + "
+        f"{num_negatives} negatives)"
+    )
+
+
 def item_loss(
     hidden: torch.Tensor,
     labels: torch.Tensor,
@@ -76,7 +93,8 @@ def item_loss(
     generator: torch.Generator | None = None,
     unseen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`cfg.loss` picks full or sampled softmax (with `cfg.num_negatives`); [N, H] -> scalar.
+    """`cfg.loss` picks full or sampled softmax (with `cfg.num_negatives`; "auto" must have been resolved
+    by then); [N, H] -> scalar.
     `unseen` [num_items] bool: items never used as negatives (`raysys.models.common.unseen_items`).
 
     With no labelled position the loss is a zero that still depends on the parameters, so every
@@ -86,6 +104,8 @@ def item_loss(
         return hidden.sum() * 0.0 + table.sum() * 0.0
     if cfg.loss == "sampled":
         return sampled_softmax_loss(hidden, labels, table, cfg.num_negatives, generator, unseen)
+    if cfg.loss == "auto":
+        raise ValueError("loss=auto is resolved from the data before training (raysys.train.loop.resolve_loss)")
     return full_softmax_loss(hidden, labels, table, unseen)
 
 

@@ -34,13 +34,16 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from raysys.config import Config
 from raysys.data.batches import TrainingRows, training_parts
+from raysys.data.dataset import PreparedDataset
 from raysys.errors import RaysysError
 from raysys.eval.collectives import max_over_ranks, mean_over_ranks, min_over_ranks, world_size
+from raysys.objectives.softmax import auto_loss
 from raysys.train.engines import DeepSpeedEngine, PlainEngine
 from raysys.train.history import HISTORY_FILE
 from raysys.train.state import TrainState, epoch_record
-from raysys.train.tasks import Task
+from raysys.train.tasks import Stage, Task, task_for
 from raysys.train.tasks.base import Evaluate
 
 Engine = PlainEngine | DeepSpeedEngine
@@ -121,6 +124,30 @@ class TrainOutcome:
         }
 
 
+def count_windows(dataset: PreparedDataset, max_len: int) -> tuple[int, int]:
+    """Training windows and next-item targets of the whole dataset (reads only the train_len column).
+    The windows are a lower bound on every task's rows, so at least this many rows exist to share among
+    the workers."""
+    train_len = dataset.sequences(["train_len"])["train_len"].to_numpy().astype(np.int64)
+    targets = np.maximum(train_len - 1, 0)
+    return int((-(-targets // max_len)).sum()), int(targets.sum())
+
+
+def resolve_loss(cfg: Config, stage: Stage, dataset: PreparedDataset) -> tuple[Config, dict[str, str] | None]:
+    """`cfg` with the stage's `loss: auto` resolved from the prepared data (the catalog against the
+    targets a batch holds: `batch_size` x targets per window), and {"loss", "reason"}; `cfg` as it is and
+    None when the loss is set."""
+    section = task_for(cfg, stage).section
+    train_cfg = getattr(cfg, section)
+    if train_cfg.loss != "auto":
+        return cfg, None
+    windows, targets = count_windows(dataset, cfg.data.max_len)
+    per_batch = train_cfg.batch_size * targets / max(windows, 1)
+    loss, reason = auto_loss(dataset.num_items, per_batch, train_cfg.num_negatives)
+    resolved = cfg.model_copy(update={section: train_cfg.model_copy(update={"loss": loss})})
+    return resolved, {"loss": loss, "reason": f"{section}.loss=auto: {reason}"}
+
+
 def epoch_randomness(seed: int, epoch: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
     """The seeding rule: numpy draws (order, masks, sampled items) and torch draws (sampled negatives,
     augmentations) of epoch `epoch` on rank `rank`; torch's global RNG (dropout) is seeded the same way."""
@@ -155,9 +182,14 @@ def epoch_order(rng: np.random.Generator, num_local: int, num_rows: int) -> np.n
 def epoch_batches(
     rng: np.random.Generator, order: np.ndarray, lengths: np.ndarray, batch_size: int, buckets: int
 ) -> list[np.ndarray]:
-    """The epoch's batches of row indices (length-aware batching, `length_buckets`): `order` is cut into
-    chunks of `buckets` batches, each chunk sorted by row length and split into batches, and the
-    batches are shuffled, so a batch pads little while every row still comes once in random company."""
+    """The epoch's batches of row indices. Without `buckets` (0 or 1): `order` cut into batches of
+    `batch_size` rows. With length-aware batching (`length_buckets`): `order` is cut into chunks of
+    `buckets` batches' rows, each chunk sorted by row length and cut into as many batches holding equal
+    shares of its items (so a batch of short rows holds more of them), and the batches are shuffled.
+
+    A batch then pads little, every row still comes once in random company, the epoch has as many
+    batches (optimizer steps) as without, and each batch carries about the same number of targets as a
+    batch of random rows: the loss, a mean over a batch's targets, weighs each target as it did."""
     if buckets <= 1:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     batches = []
@@ -165,8 +197,22 @@ def epoch_batches(
     for first in range(0, len(order), chunk):
         part = order[first : first + chunk]
         part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        cuts = equal_share_cuts(lengths[part], math.ceil(len(part) / batch_size))
+        batches += np.split(part, cuts)
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def equal_share_cuts(weights: np.ndarray, parts: int) -> np.ndarray:
+    """`parts - 1` split points of `weights` [R] (R >= parts) into `parts` non-empty consecutive runs
+    with about equal sums (for np.split)."""
+    totals = np.cumsum(weights, dtype=np.float64)
+    wanted = totals[-1] * np.arange(1, parts) / parts
+    cuts = np.searchsorted(totals, wanted, side="left") + 1
+    # Every run keeps a row: cut k (1-based) in [k, R - parts + k] and strictly increasing, i.e.
+    # cut_k - k in [0, R - parts] and non-decreasing.
+    k = np.arange(1, parts)
+    slack = np.clip(cuts - k, 0, len(weights) - parts)
+    return np.maximum.accumulate(slack) + k
 
 
 def steps_per_epoch(num_rows: int, batch_size: int, grad_accum: int) -> int:

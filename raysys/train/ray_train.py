@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 
@@ -35,20 +34,22 @@ from raysys.errors import RaysysError
 from raysys.train import checkpoint as ckpt
 from raysys.train.engines import DeepSpeedEngine
 from raysys.train.history import TensorBoardLog, write_history
-from raysys.train.loop import FailureInjection, Run, TrainOutcome, steps_per_epoch, table_rows, train_epochs
+from raysys.train.loop import (
+    FailureInjection,
+    Run,
+    TrainOutcome,
+    count_windows,
+    resolve_loss,
+    steps_per_epoch,
+    table_rows,
+    train_epochs,
+)
 from raysys.train.state import TrainState
 from raysys.train.tasks import Stage, Task, task_for
 from raysys.train.tasks.base import build_modules
 
 RAY_RUN_NAME = "ray_train"  # the Ray Train run folder inside the stage's run directory
 FAIL_MARKER = "injected_failure_done"
-
-
-def count_windows(dataset: PreparedDataset, max_len: int) -> int:
-    """Training windows of the whole dataset (reads only the train_len column): a lower bound on
-    every task's rows, so at least this many rows exist to share among the workers."""
-    train_len = dataset.sequences(["train_len"])["train_len"].to_numpy().astype(np.int64)
-    return int(np.where(train_len >= 2, -(-(train_len - 1) // max_len), 0).sum())
 
 
 # --------------------------------------------------------------------------------------- driver
@@ -76,10 +77,11 @@ def fit(
         from raysys.data.prepare import load_or_prepare
 
         dataset = load_or_prepare(cfg.data, progress=False)
+    cfg, _ = resolve_loss(cfg, stage, dataset)
     task = task_for(cfg, stage)
     task.check(dataset)
     train_cfg = task.train_cfg
-    if count_windows(dataset, cfg.data.max_len) < train_cfg.num_workers:
+    if count_windows(dataset, cfg.data.max_len)[0] < train_cfg.num_workers:
         raise RaysysError("too few training windows for the workers", where=f"{task.section}.num_workers")
     text_emb = task.text_emb(dataset)
     loop_config = {
@@ -106,9 +108,13 @@ def fit_and_export(cfg: Config, stage: Stage, out_dir: Path) -> dict[str, Any]:
     from raysys.data.prepare import load_or_prepare
 
     dataset = load_or_prepare(cfg.data, progress=False)
+    cfg, loss = resolve_loss(cfg, stage, dataset)
+    if loss is not None and (out_dir / "config.yaml").is_file():
+        cfg.save(out_dir / "config.yaml")  # the run's resolved config holds what "auto" became
     task = task_for(cfg, stage)
     outcome = fit(cfg, stage, out_dir, dataset)
-    return {**task.export(outcome.model, out_dir, dataset, outcome.metrics), **outcome.summary(task, out_dir)}
+    summary = {**task.export(outcome.model, out_dir, dataset, outcome.metrics), **outcome.summary(task, out_dir)}
+    return summary if loss is None else {**summary, "loss": loss}
 
 
 def _make_trainer(task: Task, loop_config: dict[str, Any], sequences, out_dir: Path, callbacks: list):

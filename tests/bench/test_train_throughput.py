@@ -81,7 +81,7 @@ def test_both_paths_run_side_by_side(tmp_path: Path) -> None:
     runs = results["datasets"]["sparse"]["paths"]
     for path in ("old", "new"):
         assert runs[path]["targets_per_s"] > 0 and runs[path]["epochs"] == 2 and 0 <= runs[path]["valid_ndcg@10"] <= 1
-    assert "pretrain.length_buckets=50" in runs["new"]["overrides"]
-    assert "pretrain.length_buckets=50" not in runs["old"]["overrides"]
+    assert {"pretrain.length_buckets=0", "pretrain.loss=full"} <= set(runs["old"]["overrides"])
+    assert not {"pretrain.length_buckets=0", "pretrain.loss=full"} & set(runs["new"]["overrides"])  # the defaults
     assert results["ratios"]["sparse"]["targets_per_s_new_over_old"] > 0
     assert "| sparse | new |" in (tmp_path / "throughput.md").read_text()

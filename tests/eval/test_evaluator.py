@@ -144,3 +144,28 @@ def test_dataset_slices(make_dataset):
 def test_sync_without_a_process_group_is_an_error():
     with pytest.raises(RaysysError, match="process group"):
         evaluate_split(TableScorer(NUM_ITEMS, 0), random_examples(9, 3), NUM_ITEMS, EvalConfig(), MAX_LEN, sync=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "causal"])
+def test_batches_pad_to_their_longest_history_and_score_as_at_full_width(arch: str):
+    """Batches hold users of similar history length, each padded only to its longest (short-history
+    logs waste no encoder positions), and a model's metrics equal those at the full window."""
+    from raysys.config import StudentConfig
+    from raysys.models.student import build_student
+
+    torch.manual_seed(0)
+    shape = StudentConfig(arch=arch, hidden_size=16, num_layers=2, num_heads=2, dropout=0.0)
+    model = build_student(shape, NUM_ITEMS, MAX_LEN).eval()
+    widths: list[int] = []
+
+    def trimmed(input_ids: torch.Tensor) -> torch.Tensor:
+        widths.append(input_ids.shape[1])
+        return model.next_item_scores(input_ids)
+
+    def full_width(input_ids: torch.Tensor) -> torch.Tensor:
+        return model.next_item_scores(torch.nn.functional.pad(input_ids, (MAX_LEN - input_ids.shape[1], 0)))
+
+    examples, cfg = random_examples(6, num_users=50), EvalConfig(ks=[5, 10], batch_size=8)
+    metrics = evaluate_split(trimmed, examples, NUM_ITEMS, cfg, MAX_LEN)
+    assert widths == sorted(widths) and widths[0] < MAX_LEN and widths[-1] == MAX_LEN
+    assert metrics == pytest.approx(evaluate_split(full_width, examples, NUM_ITEMS, cfg, MAX_LEN), abs=1e-9)

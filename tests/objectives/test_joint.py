@@ -26,7 +26,9 @@ TERMS = {"loss", "rec", "ssl", "kd", "hidden"}
 def make_batch(cfg: PretrainConfig | None = None) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(0)
     sequences = [rng.integers(2, NUM_ITEMS, size=n) for n in rng.integers(2, 20, size=12)]
-    batch = pretrain_batch(training_windows(sequences, MAX_LEN), cfg or PretrainConfig(weight_masked_item=1.0), rng)
+    batch = pretrain_batch(
+        training_windows(sequences, MAX_LEN), cfg or PretrainConfig(loss="full", weight_masked_item=1.0), rng
+    )
     return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
@@ -51,20 +53,20 @@ def test_next_item_loss_of_a_blank_model_is_log_num_items() -> None:
     with torch.no_grad():
         model.items.id_embedding.weight.zero_()
     batch = make_batch()
-    loss = next_item_loss(model, batch["input_ids"], batch["labels"], DistillConfig())
+    loss = next_item_loss(model, batch["input_ids"], batch["labels"], DistillConfig(loss="full"))
     assert loss.item() == pytest.approx(math.log(NUM_ITEMS - 2), abs=1e-5)
 
 
 def test_next_item_loss_needs_a_causal_model() -> None:
     batch = make_batch()
     with pytest.raises(ValueError, match="causal"):
-        next_item_loss(teacher("bert"), batch["input_ids"], batch["labels"], PretrainConfig())
+        next_item_loss(teacher("bert"), batch["input_ids"], batch["labels"], PretrainConfig(loss="full"))
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
 def test_masked_item_loss_has_finite_gradients(arch: str) -> None:
     model, batch = teacher(arch).train(), make_batch()
-    loss = masked_item_loss(model, batch["cloze_input_ids"], batch["cloze_labels"], PretrainConfig())
+    loss = masked_item_loss(model, batch["cloze_input_ids"], batch["cloze_labels"], PretrainConfig(loss="full"))
     assert 0 < loss.item() < 2 * math.log(NUM_ITEMS)
     loss.backward()
     assert finite_grads(model)
@@ -84,17 +86,17 @@ def test_pretrain_mix_weights_the_terms() -> None:
 
 def test_pretrain_rejects_next_item_for_bert_and_all_zero_weights() -> None:
     with pytest.raises(RaysysError, match="pretrain.weight_next_item"):
-        pretrain_loss(teacher("bert"), make_batch(), PretrainConfig())
-    cfg = PretrainConfig(weight_next_item=0.0, weight_masked_item=1.0)
+        pretrain_loss(teacher("bert"), make_batch(), PretrainConfig(loss="full"))
+    cfg = PretrainConfig(loss="full", weight_next_item=0.0, weight_masked_item=1.0)
     out = pretrain_loss(teacher("bert"), make_batch(cfg), cfg)
     assert out["next_item"].item() == 0.0 and out["masked_item"] > 0
     with pytest.raises(RaysysError, match="weight"):
-        pretrain_loss(teacher("gpt2"), make_batch(), PretrainConfig(weight_next_item=0.0))
+        pretrain_loss(teacher("gpt2"), make_batch(), PretrainConfig(loss="full", weight_next_item=0.0))
 
 
 def test_distill_without_teacher_is_rec_plus_ssl() -> None:
     model, batch = student(), make_batch()
-    cfg = DistillConfig(lambda_ssl=0.5)
+    cfg = DistillConfig(loss="full", lambda_ssl=0.5)
     out = distill_loss(model, batch, cfg, generator=torch.Generator().manual_seed(0))
     assert set(out) == TERMS and out["kd"].item() == 0.0 and out["ssl"].item() > 0
     assert out["loss"].item() == pytest.approx((out["rec"] + 0.5 * out["ssl"]).item(), rel=1e-6)
@@ -103,7 +105,7 @@ def test_distill_without_teacher_is_rec_plus_ssl() -> None:
 def test_kd_is_zero_when_the_teacher_is_the_student() -> None:
     model, batch = student(), make_batch()
     frozen = copy.deepcopy(model)
-    cfg = DistillConfig(lambda_ssl=0.0, lambda_kd=1.0, kd_topk=5)
+    cfg = DistillConfig(loss="full", lambda_ssl=0.0, lambda_kd=1.0, kd_topk=5)
     out = distill_loss(model, batch, cfg, teacher=frozen)
     assert out["kd"].item() == pytest.approx(0.0, abs=1e-6)
     assert out["loss"].item() == pytest.approx(out["rec"].item(), abs=1e-6)
@@ -127,6 +129,6 @@ def test_distill_with_teacher_trains_only_the_student(arch: str) -> None:
 
 
 def test_hidden_alignment_needs_a_projection() -> None:
-    cfg = DistillConfig(lambda_hidden=1.0)
+    cfg = DistillConfig(loss="full", lambda_hidden=1.0)
     with pytest.raises(ValueError, match="HiddenAlignment"):
         distill_loss(student(), make_batch(), cfg, teacher=teacher())

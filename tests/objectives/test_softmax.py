@@ -78,3 +78,22 @@ def test_unseen_items_are_never_negatives() -> None:
     sampled = sampled_softmax_loss(hidden, labels, table, num_negatives=64, unseen=unseen)
     (grad,) = torch.autograd.grad(sampled, table)
     assert not grad[6:].any()  # uniform draws of unseen items are dropped like accidental hits
+
+
+def test_auto_loss_takes_sampled_only_for_a_catalog_large_against_a_batch() -> None:
+    from raysys.objectives.softmax import SAMPLED_ABOVE, auto_loss
+
+    # ml-100k: 1,682 items, a batch of 128 full windows holds ~6,000 targets: the catalog is small.
+    assert auto_loss(1684, 6000, 256)[0] == "full"
+    # a sparse log: 10,000 items, ~650 targets per batch
+    loss, reason = auto_loss(10002, 650, 256)
+    assert loss == "sampled" and reason == f"10,000 items > {SAMPLED_ABOVE:g} x (650 targets per batch + 256 negatives)"
+    edge = int(SAMPLED_ABOVE * (650 + 256))
+    assert auto_loss(edge + 2, 650, 256)[0] == "full" and auto_loss(edge + 3, 650, 256)[0] == "sampled"
+
+
+def test_an_unresolved_auto_loss_is_refused() -> None:
+    from raysys.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="resolved from the data"):
+        item_loss(torch.zeros(2, 4), torch.tensor([2, 3]), torch.zeros(5, 4), TrainingConfig(loss="auto"))

@@ -4,9 +4,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from raysys.train.loop import epoch_batches, epoch_order, epoch_randomness, steps_per_epoch
+from raysys.train.loop import (
+    count_windows,
+    epoch_batches,
+    epoch_order,
+    epoch_randomness,
+    resolve_loss,
+    steps_per_epoch,
+)
 from raysys.train.state import TrainState, epoch_record, scalars
 
 
@@ -40,6 +48,24 @@ def test_length_aware_batches_hold_every_row_once_with_similar_lengths() -> None
     plain = np.mean([np.ptp(lengths[b]) for b in epoch_batches(rng, order, lengths, 32, buckets=0)])
     assert spread < 0.3 * plain  # a batch pads to its longest row: similar lengths waste little
     assert not np.all(np.diff(lengths[np.concatenate(batches)]) >= 0)  # the batches themselves are shuffled
+    # Each batch holds about the same number of items (targets) as a batch of random rows, so the loss,
+    # a mean over a batch's targets, weighs every target as before: short rows come in bigger batches.
+    # (1000 rows in chunks of 8 x 32: three full chunks and one of 232 rows, whose batches hold less.)
+    items = np.sort([lengths[b].sum() for b in batches])
+    assert items[8] >= 0.85 * items[-1] and items[0] >= 0.7 * items[-1]
+    sizes = [len(b) for b in batches]
+    assert max(sizes) > 2 * min(sizes)
+    random_items = [lengths[b].sum() for b in epoch_batches(rng, order, lengths, 32, buckets=0)[:-1]]
+    assert np.std(items[8:]) < np.std(random_items)
+
+
+def test_equal_share_cuts_keep_every_run_non_empty() -> None:
+    from raysys.train.loop import equal_share_cuts
+
+    assert equal_share_cuts(np.array([1, 1, 1, 1, 10]), 3).tolist() == [3, 4]
+    assert equal_share_cuts(np.array([50, 1, 1]), 3).tolist() == [1, 2]  # one heavy row first
+    assert equal_share_cuts(np.array([1, 1, 1, 50]), 4).tolist() == [1, 2, 3]
+    assert equal_share_cuts(np.array([3, 3]), 1).tolist() == []
 
 
 def test_steps_per_epoch_count_the_short_batch_and_group() -> None:
@@ -72,3 +98,30 @@ def test_gains_within_min_delta_keep_the_best_weights_but_use_up_patience() -> N
         improved.append(state.advance(record, {"ndcg@10": value}, "ndcg@10", min_delta=0.005))
     assert improved == [True, True, True, True] and state.best_epoch == 4  # the best epoch is the best value
     assert state.bad_epochs == 2 and state.finished(epochs=10, patience=2)  # but 0.402 and 0.404 are no progress
+
+
+class _Prepared:
+    """What resolve_loss reads of a prepared dataset: the train_len column and the item count."""
+
+    def __init__(self, train_len: list[int], num_items: int) -> None:
+        self.train_len, self.num_items = train_len, num_items
+
+    def sequences(self, columns: list[str]) -> pa.Table:
+        assert columns == ["train_len"]
+        return pa.table({"train_len": pa.array(self.train_len, pa.int32())})
+
+
+def test_loss_auto_is_resolved_from_the_catalog_against_a_batchs_targets() -> None:
+    from raysys.config import Config
+
+    cfg = Config(data={"max_len": 10}, pretrain={"batch_size": 4, "num_negatives": 8})
+    short = _Prepared([3] * 100, num_items=200)  # 2 targets per window: 8 per batch + 8 negatives
+    resolved, choice = resolve_loss(cfg, "pretrain", short)
+    assert resolved.pretrain.loss == "sampled" and choice["loss"] == "sampled"
+    assert choice["reason"].startswith("pretrain.loss=auto: 198 items > ")
+    assert resolved.distill.loss == "auto"  # only the stage's own section
+    long = _Prepared([41] * 100, num_items=90)  # windows of 10 targets: 40 per batch + 8 negatives
+    assert resolve_loss(cfg, "pretrain", long)[0].pretrain.loss == "full"
+    assert count_windows(long, 10) == (400, 4000)
+    fixed = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"loss": "full"})})
+    assert resolve_loss(fixed, "distill", short) == (fixed, None)  # a set loss stays as it is

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from raysys.config import Config, PretrainConfig, StudentConfig
@@ -110,3 +111,56 @@ def test_ctr_loss_is_bce_and_training_separates_clicks() -> None:
         prob = model.click_probability(batch["input_ids"], batch["candidates"])
     accuracy = ((prob > 0.5).float() == batch["labels"]).float().mean()
     assert accuracy > 0.95
+
+
+def _left_padded(batch: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """The batch's [B, L] arrays padded on the left to `width` columns (what a full window holds)."""
+    return {k: np.pad(v, ((0, 0), (width - v.shape[1], 0))) if v.ndim == 2 else v for k, v in batch.items()}
+
+
+def _loss_and_grads(task, modules, batch: dict[str, np.ndarray]) -> tuple[float, list[torch.Tensor]]:
+    modules.zero_grad()
+    terms = task.loss(modules, tensors(batch), torch.Generator().manual_seed(0))
+    terms["loss"].backward()
+    return float(terms["loss"].detach()), [p.grad.clone() for p in modules.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("case", ["next_item", "pretrain_mix", "distill", "distill_sampled"])
+def test_a_batch_padded_to_its_longest_row_trains_as_a_full_window_batch(case: str) -> None:
+    """Length-aware batching pads a batch only to its longest row: loss and gradients equal those of
+    the same rows padded to the full window, for every task (the contrastive term, whose augmentations
+    draw per position, is off; its per-row loss reads no padding either)."""
+    from raysys.config import DistillConfig
+    from raysys.data.batches import window_rows
+    from raysys.models.teacher import build_teacher
+    from raysys.objectives.distillation import HiddenAlignment
+    from raysys.train.engines import TrainedModules
+
+    max_len, num_items = 12, 40
+    shape = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "dropout": 0.0}
+    pretrain = PretrainConfig(
+        loss="full", task="next_item" if case == "next_item" else "pretrain", weight_masked_item=1.0
+    )
+    distill = DistillConfig(lambda_ssl=0.0, lambda_hidden=1.0, loss="sampled" if case == "distill_sampled" else "full")
+    cfg = Config(data={"max_len": max_len}, teacher=shape, student=shape, pretrain=pretrain, distill=distill)
+    sequences = random_sequences(np.random.default_rng(3), 30, 8, num_items=num_items)
+    table = pa.table({"items": [s.tolist() for s in sequences], "train_len": [len(s) for s in sequences]})
+    rows = window_rows(training_parts(table), max_len)
+    torch.manual_seed(0)
+    if case.startswith("distill"):
+        task = DistillTask(cfg)
+        task.teacher = build_teacher(cfg.teacher, num_items, max_len).eval().requires_grad_(False)
+        modules = TrainedModules(build_student(cfg.student, num_items, max_len), HiddenAlignment(16, 16))
+    else:
+        task = PretrainTask(cfg, "pretrain")
+        modules = TrainedModules(build_teacher(cfg.teacher, num_items, max_len))
+    modules.train()
+    short = task.batch(rows, np.arange(len(rows)), np.random.default_rng(0))
+    assert short["input_ids"].shape[1] < max_len  # the batch is narrower than a full window
+    full = _left_padded(short, max_len)
+    loss_short, grads_short = _loss_and_grads(task, modules, short)
+    loss_full, grads_full = _loss_and_grads(task, modules, full)
+    assert loss_short == pytest.approx(loss_full, rel=1e-5)
+    assert len(grads_short) == len(grads_full) > 0
+    for a, b in zip(grads_short, grads_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
