@@ -32,7 +32,7 @@ from raysys.config import Config, load_config
 from raysys.data.dataset import PreparedDataset
 from raysys.data.prepare import load_or_prepare
 from raysys.train.local import global_batch, train_local
-from raysys.train.loop import TrainOutcome
+from raysys.train.loop import TrainOutcome, resolve_auto
 from raysys.train.tasks import Stage, task_for
 
 STUDENT_VARIANTS = {  # name -> (lambda_ssl on?, lambda_kd on?)
@@ -64,7 +64,7 @@ def train_and_test(
     """Train in process at the workers' global batch (best valid epoch kept) and measure test figures."""
     start = time.perf_counter()
     result = train_local(
-        global_batch(cfg, stage),
+        global_batch(resolve_auto(cfg, stage, dataset)[0], stage),  # loss=auto as the Ray Train run resolves it
         stage,
         dataset,
         test=True,
@@ -108,7 +108,7 @@ def one_seed(
         weight_contrastive=args.contrastive_weight,
     )
     start = time.perf_counter()
-    pretrained = train_local(global_batch(ssl, "pretrain"), "pretrain", dataset)
+    pretrained = train_local(global_batch(resolve_auto(ssl, "pretrain", dataset)[0], "pretrain"), "pretrain", dataset)
     pretrained_dir = task_for(cfg, "pretrain").export(pretrained.model, models / "ssl", dataset, pretrained.metrics)
     pretrain_s = time.perf_counter() - start
     fine_tune = with_section(next_item, "pretrain", init_from=pretrained_dir["model_dir"])

@@ -9,8 +9,8 @@ The full softmax scores each target against the whole catalog (cost ~ items); th
 the batch's targets and `num_negatives` draws (cost ~ targets per batch + negatives). The crossover is
 the catalog size above which the sampled one is faster at a given number of targets per batch; per
 target, both costs are linear, so it is reported as `crossover_ratio` = items / (targets per batch +
-negatives) at the crossover, which `pretrain.loss=auto` / `distill.loss=auto` use
-(`raysys.objectives.softmax.SAMPLED_ABOVE`).
+negatives) at the crossover. `loss=auto` switches at a higher ratio
+(`raysys.objectives.softmax.SAMPLED_ABOVE`), because the sampled softmax also learns less per epoch.
 
 Writes OUT/softmax_crossover.json (rows: items, targets, full_ms, sampled_ms, speedup) and prints a table.
 """
@@ -89,7 +89,7 @@ def main() -> None:
             rows[-1]["speedup"] = round(full / sampled, 2)
             print(f"{items:>8} {targets:>8} {full:>9.2f} {sampled:>11.2f} {full / sampled:>13.2f}")
     ratios = {str(t): crossover_ratio(rows, t, args.negatives) for t in args.targets}
-    print(f"crossover items / (targets + negatives): {ratios}; used by loss=auto: {SAMPLED_ABOVE}")
+    print(f"crossover items / (targets + negatives): {ratios}; loss=auto switches at {SAMPLED_ABOVE:g}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in vars(args).items() if k != "out"}

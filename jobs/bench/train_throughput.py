@@ -111,11 +111,16 @@ def run_figures(timed: TimedRun) -> dict[str, Any]:
     steady = timed.history[1:] or timed.history
     train = statistics.mean(r["train_seconds"] for r in steady)
     whole = statistics.mean(r["seconds"] for r in steady)
+    writes = [r["checkpoint_seconds"] for r in timed.history if "checkpoint_seconds" in r]
+    epochs_and_writes = sum(r["seconds"] for r in timed.history) + sum(writes)
     return {
         "targets_per_s": round(statistics.mean(r["items_per_s"] for r in steady), 1),
         "seconds_per_epoch": round(whole, 2),
         "train_seconds_per_epoch": round(train, 2),
         "validation_seconds_per_epoch": round(whole - train, 2),
+        "checkpoint_seconds_per_epoch": round(statistics.mean(writes), 3) if writes else None,
+        # Ray and the worker group starting, the data read once, DeepSpeed set up, the model exported
+        "outside_epochs_seconds": round(timed.seconds - epochs_and_writes, 1),
         "valid_ndcg@10": round(timed.history[-1]["valid_ndcg@10"], 4),
         "epochs": len(timed.history),
         "wall_seconds": timed.seconds,
@@ -159,16 +164,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"old path = {' '.join(results['settings']['old']) or 'the defaults'}, "
         f"new path = {' '.join(results['settings']['new']) or 'the defaults'}",
         "",
-        "| dataset | path | targets/s | s/epoch | train s | validation s | valid NDCG@10 | wall s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| dataset | path | targets/s | s/epoch | train s | validation s | checkpoint s | valid NDCG@10 | wall s "
+        "| outside epochs s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, result in results["datasets"].items():
         if "skipped" in result:
-            lines.append(f"| {name} | skipped: {result['skipped']} | | | | | | |")
+            lines.append(f"| {name} | skipped: {result['skipped']} | | | | | | | | |")
         for path, r in result.get("paths", {}).items():
             lines.append(
                 f"| {name} | {path} | {r['targets_per_s']} | {r['seconds_per_epoch']} | {r['train_seconds_per_epoch']} "
-                f"| {r['validation_seconds_per_epoch']} | {r['valid_ndcg@10']} | {r['wall_seconds']} |"
+                f"| {r['validation_seconds_per_epoch']} | {r['checkpoint_seconds_per_epoch']} | {r['valid_ndcg@10']} "
+                f"| {r['wall_seconds']} | {r['outside_epochs_seconds']} |"
             )
     lines += ["", "new / old:"] + [f"- {name}: {r}" for name, r in results["ratios"].items()]
     lines += ["", "targets (new path):"] + [f"- {name}: {t}" for name, t in results["targets"].items()]

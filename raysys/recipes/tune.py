@@ -32,7 +32,7 @@ from raysys.config import Config
 from raysys.console import console
 from raysys.data.prepare import load_or_prepare
 from raysys.errors import RaysysError
-from raysys.train.loop import resolve_loss
+from raysys.train.loop import resolve_auto
 from raysys.tune.results import trial_table, write_best_config, write_plots, write_table
 from raysys.tune.search import experiment_dir, run_search
 from raysys.tune.trainable import objective
@@ -46,8 +46,8 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace | None = None) -> d
     dashboard = start_ray()
     console.say(f"raysys tune: Ray dashboard at {dashboard or '(not running)'}")
     dataset = load_or_prepare(cfg.data, progress=False)
-    cfg, loss = resolve_loss(cfg, cfg.tune.stage, dataset)
-    if loss is not None:
+    cfg, resolved = resolve_auto(cfg, cfg.tune.stage, dataset)
+    if resolved:
         cfg.save(out_dir / "config.yaml")  # the resolved config (and best.yaml) hold what "auto" became
     grid = run_search(cfg, out_dir, dataset)
     table = trial_table(grid, cfg)
@@ -71,7 +71,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace | None = None) -> d
             "errored": int((table["status"] == "ERROR").sum()),
             "iterations": int(table["iterations"].sum()),
         },
-        **({"loss": loss} if loss is not None else {}),
+        **({"resolved": resolved} if resolved else {}),
         "searcher": cfg.tune.searcher,
         "scheduler": cfg.tune.scheduler,
         "trial_mode": cfg.tune.trial_mode,

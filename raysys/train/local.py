@@ -17,7 +17,7 @@ import torch
 from raysys.config import Config
 from raysys.data.dataset import PreparedDataset
 from raysys.train.engines import PlainEngine
-from raysys.train.loop import Run, TrainOutcome, resolve_loss, steps_per_epoch, table_rows, train_epochs
+from raysys.train.loop import Run, TrainOutcome, resolve_auto, steps_per_epoch, table_rows, train_epochs
 from raysys.train.state import TrainState
 from raysys.train.tasks import Stage, Task, task_for
 from raysys.train.tasks.base import build_modules
@@ -60,7 +60,7 @@ def train_local(
     on_epoch(record) sees each epoch's history record as it is made; test: also measure the best
     weights on the test split (`outcome.test`).
     """
-    run = local_run(task_for(resolve_loss(cfg, stage, dataset)[0], stage), dataset)
+    run = local_run(task_for(resolve_auto(cfg, stage, dataset)[0], stage), dataset)
     state = TrainState()
 
     def report(state: TrainState, best: dict[str, torch.Tensor], record: dict[str, Any]) -> None:

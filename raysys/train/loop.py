@@ -133,19 +133,40 @@ def count_windows(dataset: PreparedDataset, max_len: int) -> tuple[int, int]:
     return int((-(-targets // max_len)).sum()), int(targets.sum())
 
 
-def resolve_loss(cfg: Config, stage: Stage, dataset: PreparedDataset) -> tuple[Config, dict[str, str] | None]:
-    """`cfg` with the stage's `loss: auto` resolved from the prepared data (the catalog against the
-    targets a batch holds: `batch_size` x targets per window), and {"loss", "reason"}; `cfg` as it is and
-    None when the loss is set."""
+AUTO_LENGTH_BUCKETS = 50  # length_buckets=auto on short rows: chunks of 50 batches
+BUCKETS_BELOW_FILL = 0.5  # ... when the rows fill less than this share of a full window on average
+
+
+def resolve_auto(cfg: Config, stage: Stage, dataset: PreparedDataset) -> tuple[Config, dict[str, dict[str, Any]]]:
+    """`cfg` with the stage's "auto" settings resolved from the prepared data, and what each became and
+    why ({"<section>.<key>": {"value", "reason"}}; empty when nothing was "auto"):
+
+    - `loss`: the sampled softmax when the catalog is large against the targets a batch holds
+      (`batch_size` x targets per window; `raysys.objectives.softmax.auto_loss`), else the full one;
+    - `length_buckets`: AUTO_LENGTH_BUCKETS when the training windows fill less than BUCKETS_BELOW_FILL of
+      a full window (max_len + 1 items) on average, else 0.
+
+    An in-process stand-in for a Ray Train run resolves before `global_batch`, at the per-worker batch,
+    so it trains as the run would."""
     section = task_for(cfg, stage).section
     train_cfg = getattr(cfg, section)
-    if train_cfg.loss != "auto":
-        return cfg, None
     windows, targets = count_windows(dataset, cfg.data.max_len)
-    per_batch = train_cfg.batch_size * targets / max(windows, 1)
-    loss, reason = auto_loss(dataset.num_items, per_batch, train_cfg.num_negatives)
-    resolved = cfg.model_copy(update={section: train_cfg.model_copy(update={"loss": loss})})
-    return resolved, {"loss": loss, "reason": f"{section}.loss=auto: {reason}"}
+    update: dict[str, Any] = {}
+    resolved: dict[str, dict[str, Any]] = {}
+    if train_cfg.loss == "auto":
+        loss, reason = auto_loss(
+            dataset.num_items, train_cfg.batch_size * targets / max(windows, 1), train_cfg.num_negatives
+        )
+        update["loss"], resolved[f"{section}.loss"] = loss, {"value": loss, "reason": reason}
+    if train_cfg.length_buckets == "auto":
+        fill = (targets + windows) / max(windows, 1) / (cfg.data.max_len + 1)
+        buckets = AUTO_LENGTH_BUCKETS if fill < BUCKETS_BELOW_FILL else 0
+        sign = "<" if buckets else ">="
+        reason = f"training windows {fill:.0%} full on average ({sign} {BUCKETS_BELOW_FILL:.0%})"
+        update["length_buckets"], resolved[f"{section}.length_buckets"] = buckets, {"value": buckets, "reason": reason}
+    if not update:
+        return cfg, resolved
+    return cfg.model_copy(update={section: train_cfg.model_copy(update=update)}), resolved
 
 
 def epoch_randomness(seed: int, epoch: int, rank: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -180,7 +201,7 @@ def epoch_order(rng: np.random.Generator, num_local: int, num_rows: int) -> np.n
 
 
 def epoch_batches(
-    rng: np.random.Generator, order: np.ndarray, lengths: np.ndarray, batch_size: int, buckets: int
+    rng: np.random.Generator, order: np.ndarray, lengths: np.ndarray, batch_size: int, buckets: int | str
 ) -> list[np.ndarray]:
     """The epoch's batches of row indices. Without `buckets` (0 or 1): `order` cut into batches of
     `batch_size` rows. With length-aware batching (`length_buckets`): `order` is cut into chunks of
@@ -190,6 +211,8 @@ def epoch_batches(
     A batch then pads little, every row still comes once in random company, the epoch has as many
     batches (optimizer steps) as without, and each batch carries about the same number of targets as a
     batch of random rows: the loss, a mean over a batch's targets, weighs each target as it did."""
+    if buckets == "auto":
+        raise ValueError("length_buckets=auto is resolved from the data before training (resolve_auto)")
     if buckets <= 1:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     batches = []

@@ -21,6 +21,7 @@ events into the run directory (`raysys.train.history`).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from raysys.train.loop import (
     Run,
     TrainOutcome,
     count_windows,
-    resolve_loss,
+    resolve_auto,
     steps_per_epoch,
     table_rows,
     train_epochs,
@@ -77,7 +78,7 @@ def fit(
         from raysys.data.prepare import load_or_prepare
 
         dataset = load_or_prepare(cfg.data, progress=False)
-    cfg, _ = resolve_loss(cfg, stage, dataset)
+    cfg, _ = resolve_auto(cfg, stage, dataset)
     task = task_for(cfg, stage)
     task.check(dataset)
     train_cfg = task.train_cfg
@@ -108,13 +109,13 @@ def fit_and_export(cfg: Config, stage: Stage, out_dir: Path) -> dict[str, Any]:
     from raysys.data.prepare import load_or_prepare
 
     dataset = load_or_prepare(cfg.data, progress=False)
-    cfg, loss = resolve_loss(cfg, stage, dataset)
-    if loss is not None and (out_dir / "config.yaml").is_file():
+    cfg, resolved = resolve_auto(cfg, stage, dataset)
+    if resolved and (out_dir / "config.yaml").is_file():
         cfg.save(out_dir / "config.yaml")  # the run's resolved config holds what "auto" became
     task = task_for(cfg, stage)
     outcome = fit(cfg, stage, out_dir, dataset)
     summary = {**task.export(outcome.model, out_dir, dataset, outcome.metrics), **outcome.summary(task, out_dir)}
-    return summary if loss is None else {**summary, "loss": loss}
+    return {**summary, "resolved": resolved} if resolved else summary
 
 
 def _make_trainer(task: Task, loop_config: dict[str, Any], sequences, out_dir: Path, callbacks: list):
@@ -186,8 +187,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     board = TensorBoardLog(run_dir, purge_step=state.step or None) if rank == 0 else None
 
     def report(state: TrainState, best: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
-        """This rank's part of the checkpoint (manifest last), reported with the epoch's record."""
+        """This rank's part of the checkpoint (manifest last), reported with the epoch's record; the
+        record also gets the seconds this rank took to write its part (`checkpoint_seconds`)."""
+        start = time.perf_counter()
         with ckpt.written(engine, state, best, rank=rank, world_size=world_size) as folder:
+            record["checkpoint_seconds"] = round(time.perf_counter() - start, 3)
             checkpoint = ray.train.Checkpoint.from_directory(str(folder))
             ray.train.report(record, checkpoint=checkpoint, checkpoint_dir_name=ckpt.checkpoint_dir_name(state.step))
         if board is not None:

@@ -34,7 +34,7 @@ from raysys.data.dataset import PreparedDataset
 from raysys.train import checkpoint as ckpt
 from raysys.train.history import write_history
 from raysys.train.local import global_batch, local_run
-from raysys.train.loop import FailureInjection, resolve_loss, train_epochs
+from raysys.train.loop import FailureInjection, resolve_auto, train_epochs
 from raysys.train.state import VALID_METRIC, TrainState, scalars
 from raysys.train.tasks import task_for
 from raysys.tune.space import trial_config
@@ -108,7 +108,7 @@ def direct_trial(
 
     dataset = PreparedDataset.open(dataset_path)
     # loss=auto as the Ray Train run that best.yaml launches resolves it: at the per-worker batch
-    cfg = direct_config(resolve_loss(trial_config(base, config), base["tune"]["stage"], dataset)[0])
+    cfg = direct_config(resolve_auto(trial_config(base, config), base["tune"]["stage"], dataset)[0])
     torch.set_num_threads(max(1, int(cfg.tune.cpus_per_trial)))  # concurrent trials do not oversubscribe
     run = local_run(task_for(cfg, cfg.tune.stage), dataset, text_emb)
     context = tune.get_context()

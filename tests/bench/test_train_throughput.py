@@ -24,7 +24,8 @@ def _bench():
 
 
 def _record(epoch: int, items_per_s: float, train: float, whole: float, ndcg: float) -> dict:
-    return {"epoch": epoch, "items_per_s": items_per_s, "train_seconds": train, "seconds": whole, "valid_ndcg@10": ndcg}
+    record = {"epoch": epoch, "items_per_s": items_per_s, "train_seconds": train, "seconds": whole}
+    return {**record, "valid_ndcg@10": ndcg, "checkpoint_seconds": 0.5}
 
 
 def test_figures_leave_out_the_warm_up_epoch_and_keep_the_last_ndcg() -> None:
@@ -33,6 +34,7 @@ def test_figures_leave_out_the_warm_up_epoch_and_keep_the_last_ndcg() -> None:
     assert figures["targets_per_s"] == 400.0 and figures["seconds_per_epoch"] == 3.5
     assert figures["train_seconds_per_epoch"] == 2.5 and figures["validation_seconds_per_epoch"] == 1.0
     assert figures["valid_ndcg@10"] == 0.25 and figures["epochs"] == 3 and figures["wall_seconds"] == 30.0
+    assert figures["checkpoint_seconds_per_epoch"] == 0.5 and figures["outside_epochs_seconds"] == 30.0 - 17.0 - 1.5
     one = _bench().run_figures(TimedRun(Path("x"), 5.0, None, None, {}, history[:1]))
     assert one["targets_per_s"] == 100.0  # a single epoch is all there is
 
@@ -85,3 +87,4 @@ def test_both_paths_run_side_by_side(tmp_path: Path) -> None:
     assert not {"pretrain.length_buckets=0", "pretrain.loss=full"} & set(runs["new"]["overrides"])  # the defaults
     assert results["ratios"]["sparse"]["targets_per_s_new_over_old"] > 0
     assert "| sparse | new |" in (tmp_path / "throughput.md").read_text()
+    assert runs["new"]["checkpoint_seconds_per_epoch"] > 0 and runs["new"]["outside_epochs_seconds"] > 0

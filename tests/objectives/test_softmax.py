@@ -85,9 +85,13 @@ def test_auto_loss_takes_sampled_only_for_a_catalog_large_against_a_batch() -> N
 
     # ml-100k: 1,682 items, a batch of 128 full windows holds ~6,000 targets: the catalog is small.
     assert auto_loss(1684, 6000, 256)[0] == "full"
-    # a sparse log: 10,000 items, ~650 targets per batch
-    loss, reason = auto_loss(10002, 650, 256)
-    assert loss == "sampled" and reason == f"10,000 items > {SAMPLED_ABOVE:g} x (650 targets per batch + 256 negatives)"
+    # the sparse preset: 10,000 items, ~650 targets per batch: the full softmax still pays
+    assert auto_loss(10002, 650, 256)[0] == "full"
+    # a 100 k-item catalog
+    loss, reason = auto_loss(100002, 1800, 256)
+    assert (
+        loss == "sampled" and reason == f"100,000 items > {SAMPLED_ABOVE:g} x (1,800 targets per batch + 256 negatives)"
+    )
     edge = int(SAMPLED_ABOVE * (650 + 256))
     assert auto_loss(edge + 2, 650, 256)[0] == "full" and auto_loss(edge + 3, 650, 256)[0] == "sampled"
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 import torch
 
 from raysys.train.loop import (
+    AUTO_LENGTH_BUCKETS,
     count_windows,
     epoch_batches,
     epoch_order,
     epoch_randomness,
-    resolve_loss,
+    resolve_auto,
     steps_per_epoch,
 )
 from raysys.train.state import TrainState, epoch_record, scalars
@@ -101,7 +103,7 @@ def test_gains_within_min_delta_keep_the_best_weights_but_use_up_patience() -> N
 
 
 class _Prepared:
-    """What resolve_loss reads of a prepared dataset: the train_len column and the item count."""
+    """What resolve_auto reads of a prepared dataset: the train_len column and the item count."""
 
     def __init__(self, train_len: list[int], num_items: int) -> None:
         self.train_len, self.num_items = train_len, num_items
@@ -111,17 +113,22 @@ class _Prepared:
         return pa.table({"train_len": pa.array(self.train_len, pa.int32())})
 
 
-def test_loss_auto_is_resolved_from_the_catalog_against_a_batchs_targets() -> None:
+def test_auto_settings_are_resolved_from_the_data() -> None:
     from raysys.config import Config
 
     cfg = Config(data={"max_len": 10}, pretrain={"batch_size": 4, "num_negatives": 8})
-    short = _Prepared([3] * 100, num_items=200)  # 2 targets per window: 8 per batch + 8 negatives
-    resolved, choice = resolve_loss(cfg, "pretrain", short)
-    assert resolved.pretrain.loss == "sampled" and choice["loss"] == "sampled"
-    assert choice["reason"].startswith("pretrain.loss=auto: 198 items > ")
+    short = _Prepared([3] * 100, num_items=600)  # windows of 3 items: 8 targets per batch + 8 negatives
+    resolved, why = resolve_auto(cfg, "pretrain", short)
+    assert resolved.pretrain.loss == "sampled" and why["pretrain.loss"]["value"] == "sampled"
+    assert why["pretrain.loss"]["reason"].startswith("598 items > ")
+    assert resolved.pretrain.length_buckets == AUTO_LENGTH_BUCKETS  # 3 of 11 items: 27 % full
+    assert why["pretrain.length_buckets"]["reason"] == "training windows 27% full on average (< 50%)"
     assert resolved.distill.loss == "auto"  # only the stage's own section
-    long = _Prepared([41] * 100, num_items=90)  # windows of 10 targets: 40 per batch + 8 negatives
-    assert resolve_loss(cfg, "pretrain", long)[0].pretrain.loss == "full"
+    long = _Prepared([41] * 100, num_items=500)  # windows of 10 targets: 40 per batch + 8 negatives
+    resolved, why = resolve_auto(cfg, "pretrain", long)
+    assert resolved.pretrain.loss == "full" and resolved.pretrain.length_buckets == 0  # 11 of 11 items
     assert count_windows(long, 10) == (400, 4000)
     fixed = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"loss": "full"})})
-    assert resolve_loss(fixed, "distill", short) == (fixed, None)  # a set loss stays as it is
+    assert resolve_auto(fixed, "distill", short) == (fixed, {})  # set values stay as they are
+    with pytest.raises(ValueError, match="resolved from the data"):
+        epoch_batches(np.random.default_rng(0), np.arange(4), np.ones(4), 2, "auto")

@@ -59,6 +59,12 @@ def test_pretrain_then_distill_through_the_cli(ray_train_session, tiny_config: P
     history = read_history(tmp_path / "teacher")
     assert [r["epoch"] for r in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
     assert list((tmp_path / "teacher" / "tensorboard").glob("events.out.tfevents.*"))
+    assert all(r["checkpoint_seconds"] > 0 for r in history)
+    # loss and length_buckets "auto" (the teacher's defaults) resolved from the data: written into the
+    # run's config and summary
+    resolved, written = teacher["resolved"], load_config(tmp_path / "teacher" / "config.yaml").pretrain
+    assert resolved["pretrain.loss"]["value"] == written.loss and written.loss in ("full", "sampled")
+    assert resolved["pretrain.length_buckets"]["value"] == written.length_buckets != "auto"
     loaded = load_model_dir(teacher["model_dir"])
     assert loaded.kind == "teacher" and loaded.metrics["valid"] == teacher["metrics"]["valid"]
 
