@@ -127,6 +127,7 @@ def main() -> None:
     )
     train_cfg = PretrainConfig(
         task="next_item",
+        loss="full",  # the full-catalog step whose FLOPs step_flops counts
         batch_size=args.batch,
         lr=1e-4,
         warmup_steps=0,

@@ -110,7 +110,7 @@ def item_loss(
     if cfg.loss == "sampled":
         return sampled_softmax_loss(hidden, labels, table, cfg.num_negatives, generator, unseen)
     if cfg.loss == "auto":
-        raise ValueError("loss=auto is resolved from the data before training (raysys.train.loop.resolve_loss)")
+        raise ValueError("loss=auto is resolved from the data before training (raysys.train.loop.resolve_auto)")
     return full_softmax_loss(hidden, labels, table, unseen)
 
 

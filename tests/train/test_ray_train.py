@@ -197,7 +197,10 @@ def test_driver_killed_after_the_first_checkpoint_relaunches_and_resumes(tiny_co
     assert first.poll() is None, "the first run ended before it could be killed"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    killed_at = {read_state(c)["step"] for c in _complete_checkpoints(out)}
+    # Ray's worker processes run in sessions of their own: one may still seal the checkpoint it was
+    # writing before it notices its raylet is gone. What the relaunch can resume from is what is on
+    # disk once that has settled.
+    killed_at = _settled(lambda: {read_state(c)["step"] for c in _complete_checkpoints(out)})
     assert killed_at and not (out / "summary.json").exists()
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=420)
@@ -207,6 +210,19 @@ def test_driver_killed_after_the_first_checkpoint_relaunches_and_resumes(tiny_co
     assert summary["epochs_run"] == 4 and state["epoch"] == 4
     assert state["resumed_from"] and state["resumed_from"][0] in killed_at  # resumed, not restarted
     assert [r["epoch"] for r in read_history(out)] == [1, 2, 3, 4]
+
+
+def _settled(read, quiet_s: float = 5.0, timeout_s: float = 60.0):
+    """`read()` once it has returned the same value for `quiet_s` seconds (or after `timeout_s`)."""
+    import time
+
+    value, since, deadline = read(), time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def _complete_checkpoints(out: Path) -> list[Path]:
