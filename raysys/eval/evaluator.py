@@ -30,7 +30,7 @@ from raysys.data.batches import pad_histories
 from raysys.data.dataset import FIRST_ITEM_INDEX, PreparedDataset, SplitExamples
 from raysys.errors import RaysysError
 from raysys.eval.collectives import all_reduce, in_process_group, rank, world_size
-from raysys.eval.metrics import RankingSums, sampled_ranks, target_ranks, top_k_items
+from raysys.eval.metrics import RankingSums, ranks_and_top_k, sampled_ranks
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # input_ids [B, L] long -> scores [B, num_items]
 ALL = "all"
@@ -43,7 +43,7 @@ class EvalBatch:
     rows: np.ndarray  # [B] positions of these users in their SplitExamples
     input_ids: torch.Tensor  # [B, L] int64, left-padded most recent max_len history items
     targets: torch.Tensor  # [B] int64
-    candidates: torch.Tensor  # [B, num_items] bool: items that may be ranked for this user
+    excluded: tuple[torch.Tensor, torch.Tensor]  # (rows [E], items [E]) int64: may not be ranked for that user
     negatives: torch.Tensor | None  # [B, S] int64 sampled negatives (-1 = none), or None
 
 
@@ -164,25 +164,19 @@ def iter_eval_batches(
             rows=idx,
             input_ids=torch.from_numpy(pad_histories(histories, width)),
             targets=targets,
-            candidates=candidate_mask(histories, targets, num_items, cfg.exclude_seen),
+            excluded=excluded_pairs(histories, cfg.exclude_seen),
             negatives=negatives,
         )
 
 
-def candidate_mask(
-    histories: list[np.ndarray], targets: torch.Tensor, num_items: int, exclude_seen: bool
-) -> torch.Tensor:
-    """[B, num_items] bool: rankable items (from index 2), minus each user's whole history when
-    `exclude_seen`, plus the target itself (a repeated item stays rankable)."""
-    mask = torch.ones(len(histories), num_items, dtype=torch.bool)
-    mask[:, :FIRST_ITEM_INDEX] = False
-    if exclude_seen and histories:
-        lengths = [len(h) for h in histories]
-        rows = torch.repeat_interleave(torch.arange(len(histories)), torch.tensor(lengths, dtype=torch.long))
-        cols = torch.from_numpy(np.concatenate(histories).astype(np.int64))
-        mask[rows, cols] = False
-    mask[torch.arange(len(histories)), targets] = True
-    return mask
+def excluded_pairs(histories: list[np.ndarray], exclude_seen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [E], items [E]) int64: every item of each user's history when `exclude_seen` (the target
+    stays rankable even when seen: `ranks_and_top_k` puts it back), else nothing."""
+    if not exclude_seen or not histories:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    lengths = torch.tensor([len(h) for h in histories], dtype=torch.long)
+    rows = torch.repeat_interleave(torch.arange(len(histories)), lengths)
+    return rows, torch.from_numpy(np.concatenate(histories).astype(np.int64))
 
 
 def sample_negatives(
@@ -227,7 +221,7 @@ def score_batch(score_fn: ScoreFn, batch: EvalBatch, num_items: int) -> torch.Te
             hint="the model and the dataset must share the item index space (same num_items)",
         )
     scores = scores.float()
-    if torch.isnan(scores).any():
+    if torch.isnan(scores.amax(dim=1)).any():  # a row's max is NaN iff the row holds one (a tenth of isnan's time)
         raise RaysysError("the scorer returned NaN scores", where="evaluation", hint="check the model weights")
     return scores
 
@@ -237,10 +231,11 @@ def add_batch(
 ) -> None:
     """Add one scored batch to the sums of every slice (slices[name]: bool [N] over the examples)."""
     device = scores.device
-    candidates, targets = batch.candidates.to(device), batch.targets.to(device)
-    ranks = target_ranks(scores, targets, candidates).cpu()
+    targets = batch.targets.to(device)
+    excluded = (batch.excluded[0].to(device), batch.excluded[1].to(device))
     any_sums = next(iter(sums.values()))
-    top_items = top_k_items(scores, candidates, max(any_sums.ks)).cpu()
+    ranks, top_items = ranks_and_top_k(scores, targets, excluded, max(any_sums.ks))
+    ranks, top_items = ranks.cpu(), top_items.cpu()
     ranks_sampled = None
     if batch.negatives is not None:
         ranks_sampled = sampled_ranks(scores, targets, batch.negatives.to(device)).cpu()

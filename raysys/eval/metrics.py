@@ -24,16 +24,33 @@ RANK_METRICS = ("hr", "ndcg", "mrr")
 SAMPLED_PREFIX = "sampled_"
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target among its user's candidates, ties counted against the target.
+def ranks_and_top_k(
+    scores: torch.Tensor, targets: torch.Tensor, excluded: tuple[torch.Tensor, torch.Tensor], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each target's 0-based rank among its user's candidates, ties counted against the target, and
+    each user's top-k candidates (what they would be shown, for catalog coverage).
 
-    scores [B, N] float, targets [B] long, candidates [B, N] bool (items that may be ranked; the
-    target's own column is ignored) -> [B] long.
+    scores [B, N] float; targets [B] long; excluded: (rows [E], items [E]) long pairs that may not be
+    ranked for that row's user (pad and mask, items 0 and 1, never are; the target always is)
+    -> ranks [B] long, exact below k and k otherwise (metrics at cut-offs <= k read nothing more),
+       top items [B, k] long, -1 where a user has fewer than k candidates.
+
+    One copy of the scores and one top-(k + 1) pass: the number of top-(k + 1) candidates scoring at
+    least the target's score is min(rank, k) + 1 whichever tied items the top-k picks. A target scored
+    -inf is ranked k (never a hit).
     """
-    target_scores = scores.gather(1, targets[:, None])  # [B, 1]
-    ahead = (scores >= target_scores) & candidates  # [B, N]: strictly higher or tied
-    ahead.scatter_(1, targets[:, None], False)  # the target does not outrank itself
-    return ahead.sum(dim=1)
+    k = min(k, scores.shape[1] - 1)
+    users = torch.arange(scores.shape[0], device=scores.device)
+    target_scores = scores[users, targets]  # [B]
+    ranked = scores.clone(memory_format=torch.contiguous_format)  # [B, N]: non-candidates -inf
+    ranked[:, :FIRST_ITEM_INDEX] = -torch.inf
+    ranked[excluded] = -torch.inf
+    ranked[users, targets] = target_scores
+    values, items = ranked.topk(min(k + 1, scores.shape[1]), dim=1)  # [B, k + 1]
+    ranks = (values >= target_scores[:, None]).sum(dim=1) - 1
+    ranks = ranks.masked_fill(target_scores == -torch.inf, k)
+    items = items[:, :k].masked_fill(values[:, :k] == -torch.inf, -1)
+    return ranks, items
 
 
 def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -62,18 +79,6 @@ def mrr_at_k(ranks: torch.Tensor, k: int) -> torch.Tensor:
 
 
 METRIC_FNS = {"hr": hit_at_k, "ndcg": ndcg_at_k, "mrr": mrr_at_k}
-
-
-def top_k_items(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """Each user's top-k candidate items (what they would be shown), for catalog coverage.
-
-    scores [B, N], candidates [B, N] bool -> [B, k] long item indices, -1 where a user has fewer
-    than k candidates.
-    """
-    k = min(k, scores.shape[1])
-    masked = scores.masked_fill(~candidates, -torch.inf)
-    values, items = masked.topk(k, dim=1)
-    return items.masked_fill(values == -torch.inf, -1)
 
 
 @dataclass

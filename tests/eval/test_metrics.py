@@ -12,7 +12,7 @@ import torch
 from raysys.config import EvalConfig
 from raysys.data.dataset import SplitExamples
 from raysys.eval.evaluator import evaluate_split
-from raysys.eval.metrics import RankingSums, auc, log_loss, mrr_at_k, ndcg_at_k, target_ranks, top_k_items
+from raysys.eval.metrics import RankingSums, auc, log_loss, mrr_at_k, ndcg_at_k, ranks_and_top_k
 
 # Item index space of 7: pad 0, mask 1, items 2..6. Pad and mask score highest to prove they never rank.
 ROW = [9.0, 9.0, 0.5, 0.9, 0.5, 0.1, 0.7]
@@ -69,21 +69,39 @@ def test_all_equal_scores_get_zero():
     assert all(metrics[f"{m}@{k}"] == 0.0 for m in ("hr", "ndcg", "mrr", "recall") for k in (5, 10, 20))
 
 
-def test_target_ranks_and_top_k_directly():
+def test_ranks_and_top_k_directly():
     scores = torch.tensor([ROW, ROW])
-    candidates = torch.ones(2, NUM_ITEMS, dtype=torch.bool)
-    candidates[:, :2] = False
-    ranks = target_ranks(scores, torch.tensor([3, 5]), candidates)
+    nothing = (torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    ranks, top = ranks_and_top_k(scores, torch.tensor([3, 5]), nothing, 5)
     assert ranks.tolist() == [0, 4]  # item 3 is the best; item 5 is the worst of 5
     assert ndcg_at_k(ranks, 5).tolist() == pytest.approx([1.0, 1 / math.log2(6)])
     assert mrr_at_k(ranks, 4).tolist() == [1.0, 0.0]
-    candidates[1, 3] = False
-    top = top_k_items(scores, candidates, 3)
+    assert ranks_and_top_k(scores, torch.tensor([3, 5]), nothing, 3)[0].tolist() == [0, 3]  # capped at k
+    ranks, top = ranks_and_top_k(scores, torch.tensor([3, 5]), (torch.tensor([1]), torch.tensor([3])), 3)
     assert top[0].tolist() == [3, 6, 2] or top[0].tolist() == [3, 6, 4]
-    assert top[1, 0].item() == 6
-    few = torch.zeros(1, NUM_ITEMS, dtype=torch.bool)
-    few[0, 5] = True
-    assert top_k_items(scores[:1], few, 3).tolist() == [[5, -1, -1]]
+    assert top[1, 0].item() == 6 and ranks[1].item() == 3  # user 1 cannot be shown item 3
+    others = (torch.tensor([0, 0, 0]), torch.tensor([2, 3, 4]))  # user 0 may rank only items 5 and 6
+    ranks, top = ranks_and_top_k(scores[:1], torch.tensor([5]), others, 3)
+    assert top.tolist() == [[6, 5, -1]] and ranks.tolist() == [1]
+
+
+def test_capped_ranks_agree_with_a_brute_force_count_below_the_cap():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (64, 30), generator=generator).float()  # many ties
+    scores[5, 9] = -torch.inf
+    targets = torch.randint(2, 30, (64,), generator=generator)
+    excluded = (torch.randint(0, 64, (200,), generator=generator), torch.randint(2, 30, (200,), generator=generator))
+    k = 7
+    ranks, _ = ranks_and_top_k(scores, targets, excluded, k)
+    for user in range(64):
+        blocked = set(excluded[1][excluded[0] == user].tolist()) - {int(targets[user])}
+        target_score = scores[user, targets[user]]
+        rank = sum(
+            1
+            for item in range(2, 30)
+            if item != targets[user] and item not in blocked and scores[user, item] >= target_score
+        )
+        assert ranks[user].item() == (k if target_score == -torch.inf else min(rank, k))
 
 
 def test_coverage_counts_items_in_any_top_k():
