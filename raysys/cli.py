@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "evaluate": "raysys.recipes.evaluate",
     "serve": "raysys.recipes.serve",
     "pretrain": "raysys.recipes.pretrain",
+    "finetune": "raysys.recipes.finetune",
     "distill": "raysys.recipes.distill",
     "tune": "raysys.recipes.tune",
     "pipeline": "raysys.recipes.pipeline",

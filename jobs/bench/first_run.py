@@ -78,11 +78,14 @@ def main() -> None:
         "lines_printed": len(printed.splitlines()),
         "test_ndcg@10": {name: m["metrics"]["test"]["ndcg@10"] for name, m in summary["models"].items()},
         "student_cold_hr@10": summary["models"]["student"]["metrics"].get("test/cold_items", {}).get("hr@10"),
-        "epochs": {name: epochs(run_dir / name) for name in ("teacher", "student")},
+        "epochs": {name: epochs(run_dir / stage) for name, stage in EPOCH_STAGES.items()},
         "headline": headline(run_dir / "report.html"),
     }
     (out / "first_run.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+EPOCH_STAGES = {"pretrain": "pretrain", "teacher": "finetune", "student": "student"}  # name -> stage folder
 
 
 def epochs(stage_dir: Path) -> dict[str, Any] | None:

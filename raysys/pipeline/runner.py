@@ -1,7 +1,7 @@
 """Resumable stages: each one runs in its own directory of the run and is skipped when already done.
 
     runner = StageRunner(root=Path("runs/x"), hashes=stage_hashes(cfg), remote=None, force=False)
-    summary = runner.stage("teacher", cfg, lambda d: pretrain.run(cfg, d, args), check=check_model_dir)
+    summary = runner.stage("finetune", cfg, lambda d: finetune.run(cfg, d, args), check=check_model_dir)
 
 A stage is *done* when `RUN/<stage>/summary.json` exists, the config hash it records is the one the
 current config gives that stage (`stage_hashes`: the sections the stage reads, plus the hashes of
@@ -45,21 +45,35 @@ def stage_hashes(cfg: Config) -> dict[str, str]:
     """The config hash of every pipeline stage: the sections it reads and the stages it consumes.
 
     The evaluation settings enter only the evaluate stage (training validates on NDCG@10 whatever
-    `eval.ks` lists), so changing a cut-off re-evaluates without retraining; `distill.teacher` is
-    set by the pipeline itself and stands for the teacher stage's hash.
+    `eval.ks` lists), so changing a cut-off re-evaluates without retraining; `distill.teacher` (and
+    `finetune.init_from` when the pretrain stage runs) are set by the pipeline itself and stand for the
+    hash of the stage whose model they name. The teacher is the finetune stage's model.
     """
     data = config_hash(cfg.data, exclude={"cache_dir"})
-    teacher = combine(data, config_hash(cfg.teacher), config_hash(cfg.pretrain))
+    pretrain = combine(data, config_hash(cfg.teacher), config_hash(cfg.pretrain))
+    finetune = combine(
+        data,
+        config_hash(cfg.teacher),
+        config_hash(cfg.finetune, exclude={"init_from"} if cfg.pipeline.pretrain else set()),
+        pretrain if cfg.pipeline.pretrain else "no-pretrain",
+    )
+    teacher = finetune  # the fine-tuned teacher is the one the student learns from and that ships
     distill = config_hash(cfg.distill, exclude={"teacher"})
     tune = combine(teacher, config_hash(cfg.student), distill, config_hash(cfg.tune), config_hash(cfg.eval))
-    student = combine(teacher, config_hash(cfg.student), distill, tune if cfg.pipeline.run_tune else "no-tune")
-    evaluate = combine(teacher, student, config_hash(cfg.eval))
+    tuned = tune if cfg.pipeline.run_tune else "no-tune"
+    student = combine(teacher, config_hash(cfg.student), distill, tuned)
+    alone = config_hash(cfg.distill, exclude={"teacher", "lambda_kd", "lambda_hidden", "temperature", "kd_topk"})
+    student_no_kd = combine(data, config_hash(cfg.student), alone, tuned)  # kd_control: no teacher, no KD terms
+    control = student_no_kd if cfg.pipeline.kd_control else "no-control"
+    evaluate = combine(teacher, student, config_hash(cfg.eval), control)
     export = combine(teacher, student)
     return {
         "prepare": data,
-        "teacher": teacher,
+        "pretrain": pretrain,
+        "finetune": finetune,
         "tune": tune,
         "student": student,
+        "student_no_kd": student_no_kd,
         "evaluate": evaluate,
         "export": export,
         "serve_smoke": combine(export, config_hash(cfg.serve)),

@@ -24,8 +24,14 @@ from raysys.run import write_summary
 MODEL_DIR = "model"  # the model directory inside the teacher and student stage directories
 EXPORT_DIR = "export"  # the export stage's directory: RUN/export/<teacher|student>, the model dirs that ship
 SHIPPED = ("teacher", "student")
+TRAINED_BY = {  # the stage whose RUN/<stage>/model each model is
+    "teacher": "finetune",
+    "student": "student",
+    "student_no_kd": "student_no_kd",
+}
 TUNE_BEST = "best.yaml"  # the tune recipe's resolved config of its best trial
 SCORERS = ("teacher", "student", "popularity", "itemknn")
+CONTROL = "student_no_kd"  # pipeline.kd_control: the student trained without its teacher
 INPUTS_DIR = "inputs"  # under data.cache_dir: local copies of s3:// / gs:// data inputs
 
 
@@ -125,18 +131,45 @@ def prepare(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     )
 
 
-def teacher(cfg: Config, runner: StageRunner) -> dict[str, Any]:
-    """Pretrain the teacher on Ray Train; its model directory is RUN/teacher/model."""
+def pretrain(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Pretrain the teacher with the self-supervised mix of `cfg.pretrain` on Ray Train (RUN/pretrain/model)."""
     from raysys.recipes import pretrain as recipe
 
+    if cfg.pretrain.task != "pretrain":
+        raise RaysysError(
+            f"the pipeline's pretrain stage runs the self-supervised mix, not task {cfg.pretrain.task}",
+            where="pretrain.task",
+            hint="set pretrain.task=pretrain (the fine-tune task belongs in finetune.task)",
+        )
     return runner.stage(
-        "teacher", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe)), check_model_dir, describe_training
+        "pretrain", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe)), check_model_dir, describe_training
     )
 
 
+def finetune(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Fine-tune the teacher on next item from the pretrain stage's model (from scratch, or from the
+    config's own `finetune.init_from`, when `pipeline.pretrain` is off); RUN/finetune/model is the teacher."""
+    from raysys.recipes import finetune as recipe
+
+    if cfg.pipeline.pretrain:
+        init_from = str((runner.root / "pretrain" / MODEL_DIR).resolve())
+        cfg = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"init_from": init_from})})
+    return runner.stage(
+        "finetune", cfg, lambda d: recipe.run(cfg, d, recipe_args(recipe)), check_model_dir, describe_training
+    )
+
+
+def teacher(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """The teacher: `pretrain` (when `pipeline.pretrain`) then `finetune`; the fine-tune stage's summary."""
+    if cfg.pipeline.pretrain:
+        pretrain(cfg, runner)
+    return finetune(cfg, runner)
+
+
 def with_teacher(cfg: Config, runner: StageRunner) -> Config:
-    """`cfg` whose distill.teacher is the teacher stage's model directory."""
-    distill = cfg.distill.model_copy(update={"teacher": str((runner.root / "teacher" / MODEL_DIR).resolve())})
+    """`cfg` whose distill.teacher is the teacher's model directory (the finetune stage's)."""
+    model_dir = runner.root / TRAINED_BY["teacher"] / MODEL_DIR
+    distill = cfg.distill.model_copy(update={"teacher": str(model_dir.resolve())})
     return cfg.model_copy(update={"distill": distill})
 
 
@@ -181,17 +214,37 @@ def tuned(cfg: Config, best_yaml: Path) -> Config:
     return config_from_dict(raw, where=str(best_yaml))
 
 
+def student_settings(cfg: Config, runner: StageRunner) -> Config:
+    """`cfg` with the tuned student settings when the tune stage ran."""
+    return tuned(cfg, runner.root / "tune" / TUNE_BEST) if cfg.pipeline.run_tune else cfg
+
+
 def student(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """Distil the student from the teacher (with the tuned settings when the tune stage ran)."""
     from raysys.recipes import distill as recipe
 
-    if cfg.pipeline.run_tune:
-        cfg = tuned(cfg, runner.root / "tune" / TUNE_BEST)
-    student_cfg = with_teacher(cfg, runner)
+    student_cfg = with_teacher(student_settings(cfg, runner), runner)
     return runner.stage(
         "student",
         student_cfg,
         lambda d: recipe.run(student_cfg, d, recipe_args(recipe)),
+        check_model_dir,
+        describe_training,
+    )
+
+
+def student_no_kd(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """The same student at the same budget without its teacher (lambda_kd = lambda_hidden = 0): what
+    distillation bought, beside the student (`pipeline.kd_control`)."""
+    from raysys.recipes import distill as recipe
+
+    settings = student_settings(cfg, runner)
+    alone = settings.distill.model_copy(update={"teacher": None, "lambda_kd": 0.0, "lambda_hidden": 0.0})
+    control_cfg = settings.model_copy(update={"distill": alone})
+    return runner.stage(
+        CONTROL,
+        control_cfg,
+        lambda d: recipe.run(control_cfg, d, recipe_args(recipe)),
         check_model_dir,
         describe_training,
     )
@@ -214,9 +267,9 @@ def _evaluate_all(cfg: Config, root: Path, stage_dir: Path) -> dict[str, Any]:
 
     models: dict[str, Any] = {}
     summary: dict[str, Any] = {}
-    for name in SCORERS:
-        if name in ("teacher", "student"):
-            args = recipe_args(recipe, model=str(root / name / MODEL_DIR), quiet=True)
+    for name in (*SCORERS, CONTROL) if cfg.pipeline.kd_control else SCORERS:
+        if name in TRAINED_BY:
+            args = recipe_args(recipe, model=str(root / TRAINED_BY[name] / MODEL_DIR), quiet=True)
         else:
             args = recipe_args(recipe, baseline=name, quiet=True)
         summary = recipe.run(cfg, stage_dir / name, args)
@@ -243,7 +296,7 @@ def _export_models(runner: StageRunner, stage_dir: Path) -> dict[str, Any]:
     models = {}
     for name in SHIPPED:
         target = stage_dir / name
-        shutil.copytree(runner.root / name / MODEL_DIR, target, dirs_exist_ok=True)  # over a cut-short copy
+        shutil.copytree(runner.root / TRAINED_BY[name] / MODEL_DIR, target, dirs_exist_ok=True)  # over a cut-short copy
         loaded = load_model_dir(target)
         models[name] = {
             "path": runner.location(EXPORT_DIR, name),

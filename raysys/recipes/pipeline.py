@@ -5,8 +5,10 @@
     raysys pipeline --config jobs/configs/quickstart.yaml --out s3://bucket/runs/quickstart --force
     ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/quickstart.yaml --out /abs/run
 
-prepare -> teacher (pretrain) -> [tune] -> student (distill; the tuned settings when tune ran)
--> evaluate (teacher, student, popularity, item-kNN; full ranking) -> export (what ships) ->
+prepare -> [pretrain (the teacher's self-supervised mix; pipeline.pretrain=true)] -> finetune (the
+teacher: next item from pretrain's weights, or from scratch) -> [tune] -> student (distill; the tuned
+settings when tune ran) -> [student_no_kd (pipeline.kd_control: the same student without its teacher)]
+-> evaluate (teacher, student, [student_no_kd], popularity, item-kNN; full ranking) -> export (what ships) ->
 serve_smoke (deploy the student, POST /recommend, take it down) -> report.html -> summary.json
 {"models": {"teacher": {"metrics", "path"}, "student": {...}, "popularity": {"metrics"},
 "itemknn": {"metrics"}}, "serve_smoke", "stages"}.
@@ -33,7 +35,9 @@ from raysys.pipeline.runner import StageRunner, stage_hashes
 from raysys.report import build_report
 from raysys.run import write_summary
 
-DESCRIPTION = "the main job: prepare, pretrain, [tune], distill, evaluate, export, serve smoke, report (resumable)"
+DESCRIPTION = (
+    "the main job: prepare, [pretrain], finetune, [tune], distill, evaluate, export, serve smoke, report (resumable)"
+)
 TOP_LEVEL_FILES = ("config.yaml", "summary.json", "report.html")
 PROVENANCE = ("stage", "config_hash", "raysys_version", "finished_at")  # a stage summary's bookkeeping keys
 
@@ -135,6 +139,8 @@ def run_stages(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     if cfg.pipeline.run_tune:
         stages.tune(local_cfg, runner)
     stages.student(local_cfg, runner)
+    if cfg.pipeline.kd_control:
+        stages.student_no_kd(local_cfg, runner)
     evaluation = stages.evaluate(local_cfg, runner)
     exported = stages.export(local_cfg, runner)
     smoke = stages.serve_smoke(local_cfg, runner)

@@ -4,10 +4,10 @@
     python -m raysys.report runs/quickstart --bench-serve runs/bench_serve
 
 Read from the run directory: summary.json (the pipeline's: models, stages, serve_smoke),
-prepare/summary.json (data), teacher/ and student/history.jsonl (one record per epoch: "loss",
+prepare/summary.json (data), pretrain/, finetune/ and student/history.jsonl (one record per epoch: "loss",
 "valid_ndcg@10", ...), tune/results.csv and ablation.csv when present (or the paths given), and a
 `jobs/bench/serving.py` output folder when given. TensorBoard logs stay where training wrote them
-(RUN/teacher/tensorboard, RUN/student/tensorboard); the report names them.
+(RUN/pretrain/tensorboard, RUN/finetune/tensorboard, RUN/student/tensorboard); the report names them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ import pandas as pd
 from raysys.train.history import read_history
 
 REPORT_FILE = "report.html"
-TRAINED = ("teacher", "student")
+TRAINED = (
+    "pretrain",
+    "finetune",
+    "teacher",
+    "student",
+    "student_no_kd",
+)  # stage folders with a history (teacher: runs before finetune)
 METRIC_COLUMNS = ("hr@10", "ndcg@10", "mrr@10", "recall@10", "coverage@10")
 CURVES = (("loss", "training loss"), ("valid_ndcg@10", "validation NDCG@10"))
 MAX_TABLE_ROWS = 50

@@ -260,7 +260,7 @@ def test_pipeline_as_a_ray_job_with_token_auth(head: Head) -> None:
     # What `ray job logs` shows is raysys's console: stage and epoch lines, the results, no Ray internals
     # (those are in the run's raysys.log).
     logs = job_logs(head, "raysys-pipeline-test", tail=100_000)
-    assert "✓ teacher" in logs and "  student    epoch   1/" in logs and "Results (test" in logs, logs[-3000:]
+    assert "✓ finetune" in logs and "  student    epoch   1/" in logs and "Results (test" in logs, logs[-3000:]
     # The job supervisor's own header ("job_manager.py -- Runtime env is setting up.") precedes the driver.
     driver_lines = [line for line in logs.splitlines() if "job_manager.py" not in line]
     noise = ("TrainController", "streaming_executor", "TrainingReport", "INFO")

@@ -27,17 +27,44 @@ def _changed(before: Config, **overrides: str) -> set[str]:
 
 def test_stage_hashes_follow_what_each_stage_reads() -> None:
     base = Config()
-    everything = {"prepare", "teacher", "tune", "student", "evaluate", "export", "serve_smoke"}
+    everything = {
+        "prepare",
+        "pretrain",
+        "finetune",
+        "tune",
+        "student",
+        "student_no_kd",
+        "evaluate",
+        "export",
+        "serve_smoke",
+    }
+    teacher_and_after = everything - {"prepare", "pretrain", "student_no_kd"}  # the control has no teacher
     assert _changed(base, data__max_len=20) == everything
-    assert _changed(base, pretrain__lr=0.01) == everything - {"prepare"}
+    assert _changed(base, finetune__lr=0.01) == teacher_and_after
+    assert _changed(base, pretrain__lr=0.01) == {"pretrain"}  # pretraining is off: nothing else reads it
+    assert _changed(base, finetune__init_from="/a/model") == teacher_and_after
     assert _changed(base, distill__lambda_kd=0.5) == {"tune", "student", "evaluate", "export", "serve_smoke"}
+    assert _changed(base, distill__lr=0.01) == {"tune", "student", "student_no_kd", "evaluate", "export", "serve_smoke"}
     assert _changed(base, eval__ks="[5]") == {"tune", "evaluate"}
     assert _changed(base, serve__max_batch_size=8) == {"serve_smoke"}
     assert _changed(base, distill__teacher="/elsewhere/model") == set()  # the pipeline sets it itself
     assert _changed(base, data__cache_dir="/other/cache") == set()
     assert _changed(base, tune__num_samples=2) == {"tune"}  # the student ignores tune unless it ran
     tuned = load_config(None, ["pipeline.run_tune=true"])
-    assert _changed(tuned, tune__num_samples=2) == {"tune", "student", "evaluate", "export", "serve_smoke"}
+    assert _changed(tuned, tune__num_samples=2) == {
+        "tune",
+        "student",
+        "student_no_kd",
+        "evaluate",
+        "export",
+        "serve_smoke",
+    }
+    pretrained = load_config(None, ["pipeline.pretrain=true"])
+    on = {"pipeline__pretrain": "true"}
+    assert _changed(pretrained, **on, pretrain__lr=0.01) == teacher_and_after | {"pretrain"}  # all downstream
+    assert _changed(pretrained, **on, finetune__init_from="/a/model") == set()  # the pipeline sets it itself
+    assert _changed(base, **on) == teacher_and_after  # the teacher now starts from pretrain
+    assert _changed(base, pipeline__kd_control="true") == {"evaluate"}  # evaluates the control too
 
 
 class Body:

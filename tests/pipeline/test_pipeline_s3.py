@@ -13,12 +13,13 @@ from raysys import storage
 from raysys.cli import main
 from raysys.config import load_config
 from raysys.models.export import load_model_dir
+from raysys.pipeline import stages
 from raysys.pipeline.stages import localize_data
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
 BUCKET = "raysys-pipeline"
-STAGES = ["prepare", "teacher", "student", "evaluate", "export", "serve_smoke"]
+STAGES = ["prepare", "finetune", "student", "evaluate", "export", "serve_smoke"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_pipeline_runs_into_s3_and_resumes_from_it(tmp_path: Path, s3_endpoint: 
     for name in ("teacher", "student"):
         assert summary["models"][name]["path"] == f"{uri}/export/{name}"
         for file in ("config.json", "model.safetensors", "item_vocab.parquet"):
-            assert storage.exists(f"{uri}/{name}/model/{file}")
+            assert storage.exists(f"{uri}/{stages.TRAINED_BY[name]}/model/{file}")
     for entry in summary["models"].values():
         assert 0.0 <= entry["metrics"]["test"]["ndcg@10"] <= entry["metrics"]["test"]["hr@10"] <= 1.0
     smoke = summary["serve_smoke"]

@@ -30,7 +30,8 @@ def _metrics(ndcg: float, cold_hr: float | None = None) -> dict:
 
 def _make_run(root: Path) -> Path:
     run = root / "run"
-    _history(run / "teacher", [6.0, 5.0, 4.5], [0.10, 0.20, 0.25])
+    _history(run / "pretrain", [8.0, 7.5], [0.05, 0.08])
+    _history(run / "finetune", [6.0, 5.0, 4.5], [0.10, 0.20, 0.25])
     _history(run / "student", [7.0, 6.0], [0.08, 0.18])
     (run / "prepare").mkdir()
     (run / "prepare" / "summary.json").write_text(
@@ -60,7 +61,7 @@ def _make_run(root: Path) -> Path:
             "top_items": ["i3", "i9"],
             "latency_ms": {"first": 120.5, "p50": 9.25, "p90": 14.0, "max": 20.0, "requests": 21},
         },
-        "stages": {"prepare": {"skipped": True, "seconds": 0.0}, "teacher": {"skipped": False, "seconds": 61.5}},
+        "stages": {"prepare": {"skipped": True, "seconds": 0.0}, "finetune": {"skipped": False, "seconds": 61.5}},
     }
     (run / "summary.json").write_text(json.dumps(summary))
     return run

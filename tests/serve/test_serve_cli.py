@@ -42,7 +42,8 @@ def test_serve_stage_serves_until_ctrl_c(model_dirs: dict[str, Path], tmp_path: 
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(1)
+                pass
+            time.sleep(1)  # also after a 503 while the app starts: a tight loop would starve it of CPU
         assert proc.poll() is None, proc.stdout.read()
         answer = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u1", "k": 3}, timeout=10)
         assert answer.status_code == 200 and len(answer.json()["items"]) == 3

@@ -128,7 +128,9 @@ def test_auto_settings_are_resolved_from_the_data() -> None:
     resolved, why = resolve_auto(cfg, "pretrain", long)
     assert resolved.pretrain.loss == "full" and resolved.pretrain.length_buckets == 0  # 11 of 11 items
     assert count_windows(long, 10) == (400, 4000)
-    fixed = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"loss": "full"})})
+    fixed = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"loss": "full", "length_buckets": 0})})
     assert resolve_auto(fixed, "distill", short) == (fixed, {})  # set values stay as they are
+    resolved, why = resolve_auto(cfg, "distill", short)  # the student resolves the same way
+    assert set(why) == {"distill.loss", "distill.length_buckets"} and resolved.distill.length_buckets == 50
     with pytest.raises(ValueError, match="resolved from the data"):
         epoch_batches(np.random.default_rng(0), np.arange(4), np.ones(4), 2, "auto")

@@ -11,15 +11,16 @@ from raysys.train.tasks.click import ClickTask
 from raysys.train.tasks.distill import DistillTask
 from raysys.train.tasks.pretrain import PretrainTask
 
-Stage = Literal["pretrain", "distill"]
+Stage = Literal["pretrain", "finetune", "distill"]
 
 __all__ = ["ClickTask", "DistillTask", "PretrainTask", "Stage", "Task", "task_for"]
 
 
 def task_for(cfg: Config, stage: Stage) -> Task:
-    """The task of a training stage: "distill", or "pretrain" by `pretrain.task` (ctr: click prediction)."""
+    """The task of a training stage: "distill", or the teacher's "pretrain" / "finetune" by that
+    section's `task` (ctr: click prediction; next_item: the next-item term alone)."""
     if stage == "distill":
         return DistillTask(cfg, "distill")
-    if cfg.pretrain.task == "ctr":
-        return ClickTask(cfg, "pretrain")
-    return PretrainTask(cfg, "pretrain")
+    if getattr(cfg, stage).task == "ctr":
+        return ClickTask(cfg, stage)
+    return PretrainTask(cfg, stage)
