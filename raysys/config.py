@@ -58,6 +58,11 @@ class DataConfig(Section):
     min_user_interactions: int = Field(0, ge=0)  # iterated k-core; 0 = no filter
     min_item_interactions: int = Field(0, ge=0)
     max_len: int = Field(50, ge=2)  # training window length (does not change the prepared data)
+    # A share of the items, drawn with `seed`, kept out of every training part: their interactions remain
+    # only where they are a user's valid or test target, so cold-start quality can be measured on any log
+    # (the "test/cold_items" slice). A user whose training part would be left empty loses its evaluation
+    # instead (its held-out items go too). 0 = off.
+    cold_item_holdout: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
 

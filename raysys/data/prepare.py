@@ -164,6 +164,7 @@ def prepare_dataset(
                     "item_map": item_map,
                     "user_vocab": summary.user_vocab,
                     "out_dir": str(out_dir),
+                    "held_out": held_out_items(item_map, cfg.cold_item_holdout, cfg.seed),
                 },
             )
         )
@@ -177,6 +178,18 @@ def prepare_dataset(
         f"{manifest['num_interactions']:,} interactions kept"
     )
     return manifest
+
+
+def held_out_items(item_map: np.ndarray, fraction: float, seed: int) -> np.ndarray | None:
+    """[item_vocab_size] bool over final item indices: `data.cold_item_holdout`'s share of the kept items,
+    drawn with `seed` (None when the fraction is 0)."""
+    if fraction <= 0:
+        return None
+    num_items = int((item_map > 0).sum())
+    held = np.zeros(num_items + FIRST_ITEM_INDEX, dtype=bool)
+    chosen = np.random.default_rng([seed, 1]).choice(num_items, size=round(fraction * num_items), replace=False)
+    held[chosen + FIRST_ITEM_INDEX] = True
+    return held
 
 
 def summarize_log(rows: Dataset, source: LogSource) -> LogSummary:
@@ -317,10 +330,10 @@ def _manifest(
 ) -> dict[str, Any]:
     total = {
         k: int(pc.sum(shards[k]).as_py() or 0)
-        for k in ("num_users", "num_interactions", "num_filtered", "num_duplicates", "num_eval")
+        for k in ("num_users", "num_interactions", "num_filtered", "num_held_out", "num_duplicates", "num_eval")
     }
     dropped = {**summary.bad_rows, "duplicate": total["num_duplicates"]}
-    accounted = total["num_interactions"] + sum(dropped.values()) + total["num_filtered"]
+    accounted = total["num_interactions"] + sum(dropped.values()) + total["num_filtered"] + total["num_held_out"]
     if accounted != summary.num_input_rows:
         raise AssertionError(
             f"row accounting is off: kept + dropped + filtered = {accounted:,} but the input has "
@@ -341,6 +354,7 @@ def _manifest(
         "num_input_rows": summary.num_input_rows,
         "num_dropped": dropped,
         "num_filtered": total["num_filtered"],
+        "num_held_out": total["num_held_out"],  # data.cold_item_holdout: interactions kept out of training
         "num_valid": total["num_eval"],
         "num_test": total["num_eval"],
         "num_cold_items": num_items - len(train_items),

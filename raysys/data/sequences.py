@@ -222,13 +222,21 @@ def _flat_items(items: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_shard(
-    block: pa.Table, *, user_map: np.ndarray, item_map: np.ndarray, user_vocab: pa.Array, out_dir: str
+    block: pa.Table,
+    *,
+    user_map: np.ndarray,
+    item_map: np.ndarray,
+    user_vocab: pa.Array,
+    out_dir: str,
+    held_out: np.ndarray | None = None,
 ) -> pa.Table:
     """Write one `sequences/part-*.parquet` shard (layout in raysys.data.dataset) from user rows and
     return one row describing it: file, size, sha256, counts, and the distinct items of its train parts.
 
         user_map [num_vocab_users] int32: final user_index (increasing in vocab position), -1 if filtered
         item_map [num_vocab_items] int32: final item_index (from 2), or 0 for a filtered item
+        held_out [item_vocab_size] bool over final item indices: items kept out of training parts
+                 (`data.cold_item_holdout`; see `hold_out`), or None
     """
     users = block["user_index"].to_numpy()
     if (np.diff(users) < 0).any():  # build_user_rows emits users in order; merged blocks may not be
@@ -237,13 +245,18 @@ def write_shard(
     flat, owner = _flat_items(block["items"])
     new_user, new_item = user_map[users], item_map[flat]
     keep = (new_item > 0) & (new_user[owner] >= 0)
+    assert (np.bincount(owner[keep], minlength=len(users))[new_user >= 0] > 0).all(), "a kept user has no items"
+    held = np.zeros(len(flat), dtype=bool)
+    if held_out is not None:
+        held = hold_out(keep, owner, held_out[new_item], len(users))
+        keep &= ~held
     rows = np.flatnonzero(new_user >= 0)  # kept users, already in final index order
     lengths = np.bincount(owner[keep], minlength=len(users))[rows].astype(np.int32)
-    assert (lengths > 0).all(), "a user kept by the k-core has no items left"
     stats = {
         "num_users": len(rows),
         "num_interactions": int(keep.sum()),
-        "num_filtered": int(len(flat) - keep.sum()),
+        "num_held_out": int(held.sum()),
+        "num_filtered": int(len(flat) - keep.sum() - held.sum()),
         "num_duplicates": int(pc.sum(block["num_duplicates"]).as_py() or 0),
         "num_eval": int((lengths >= 3).sum()),
         **_earliest_duplicate(block),
@@ -255,6 +268,27 @@ def write_shard(
     path = Path(out_dir) / name
     pq.write_table(shard, path, **PARQUET_OPTIONS)
     return _shard_row(name, path.stat().st_size, file_sha256(path), stats, _train_items(shard))
+
+
+def hold_out(keep: np.ndarray, owner: np.ndarray, is_held: np.ndarray, num_users: int) -> np.ndarray:
+    """Which list elements `data.cold_item_holdout` removes: a held-out item stays only as one of a user's
+    last two kept interactions (the valid and test targets) while something is left to train on before
+    them; a user whose every earlier item is held out loses its evaluation, and its held-out items go.
+
+        keep [n] bool kept elements (list order, grouped by user), owner [n] their row, is_held [n] bool
+        -> [n] bool elements to drop (a subset of `keep`)
+    """
+    kept = np.flatnonzero(keep)
+    user = owner[kept]
+    lengths = np.bincount(user, minlength=num_users)
+    from_end = lengths[user] - 1 - (np.arange(len(kept)) - np.searchsorted(user, user))  # 0 = the last
+    target = (lengths[user] >= 3) & (from_end < 2)  # the valid and test targets, before any drop
+    held = is_held[kept]
+    trainable = np.bincount(user[~target & ~held], minlength=num_users)  # training items left
+    evaluated = (lengths >= 3) & (trainable > 0)
+    drop = np.zeros(len(keep), dtype=bool)
+    drop[kept] = held & ~(target & evaluated[user])
+    return drop
 
 
 def _earliest_duplicate(block: pa.Table) -> dict[str, int]:
@@ -295,9 +329,10 @@ def _shard_table(
         if name in block.column_names:
             values = pc.list_flatten(block[name].combine_chunks())
             columns[name] = pa.ListArray.from_arrays(offsets, values if everything else values.filter(pa.array(keep)))
+    at = (lambda i: items[np.maximum(i, 0)]) if len(items) else (lambda i: np.zeros(len(i), np.int32))
     columns["train_len"] = pa.array(np.where(has_eval, lengths - 2, lengths).astype(np.int32))
-    columns["valid_target"] = pa.array(np.where(has_eval, items[np.maximum(last - 1, 0)], 0).astype(np.int32))
-    columns["test_target"] = pa.array(np.where(has_eval, items[np.maximum(last, 0)], 0).astype(np.int32))
+    columns["valid_target"] = pa.array(np.where(has_eval, at(last - 1), 0).astype(np.int32))
+    columns["test_target"] = pa.array(np.where(has_eval, at(last), 0).astype(np.int32))
     return pa.table(columns)
 
 

@@ -47,6 +47,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
                 "num_test",
                 "num_dropped",
                 "num_filtered",
+                "num_held_out",
                 "num_input_rows",
                 "num_cold_items",
                 "has_text",

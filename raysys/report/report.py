@@ -210,15 +210,22 @@ def plot_curves(histories: dict[str, pd.DataFrame]) -> bytes:
     return _png(fig)
 
 
+SLICE_COLUMNS = (  # (split or slice, metric) after the test metrics
+    ("valid", "ndcg@10"),
+    ("test/short_history", "ndcg@10"),
+    ("test/cold_items", "hr@10"),
+    ("test/cold_items", "ndcg@10"),
+)
+
+
 def _metrics_section(models: dict[str, Any]) -> str:
     if not models:
         return ""
+    sizes = slice_sizes(models)
     headers = [
         "model",
         *(f"test {m}" for m in METRIC_COLUMNS),
-        "valid ndcg@10",
-        "test/short_history ndcg@10",
-        "test/cold_items ndcg@10",
+        *(f"{part} {metric}" for part, metric in SLICE_COLUMNS),
     ]
     rows = []
     for name, entry in models.items():
@@ -228,9 +235,7 @@ def _metrics_section(models: dict[str, Any]) -> str:
             [
                 name,
                 *(test.get(m) for m in METRIC_COLUMNS),
-                metrics.get("valid", {}).get("ndcg@10"),
-                metrics.get("test/short_history", {}).get("ndcg@10"),
-                metrics.get("test/cold_items", {}).get("ndcg@10"),
+                *(metrics.get(part, {}).get(metric) for part, metric in SLICE_COLUMNS),
             ]
         )
     chart = _img(plot_metric_bars({row[0]: row[2] for row in rows if row[2] is not None}, "test NDCG@10"))
@@ -238,7 +243,18 @@ def _metrics_section(models: dict[str, Any]) -> str:
         "<p class='muted'>full ranking over the whole catalog, leave-one-out, seen items excluded "
         "(the protocol is in evaluate/summary.json)</p>"
     )
-    return "<h2>Metrics</h2>" + note + _table(headers, rows) + chart
+    size_line = "<p>Users per split and slice: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()) + "</p>"
+    return "<h2>Metrics</h2>" + note + _table(headers, rows) + (size_line if sizes else "") + chart
+
+
+def slice_sizes(models: dict[str, Any]) -> dict[str, int]:
+    """{split or slice: users in it} from the first model that reports it ("num_users")."""
+    sizes: dict[str, int] = {}
+    for entry in models.values():
+        for part, values in entry.get("metrics", {}).items():
+            if isinstance(values, dict) and "num_users" in values:
+                sizes.setdefault(part, int(values["num_users"]))
+    return sizes
 
 
 def plot_metric_bars(values: dict[str, float], title: str) -> bytes:

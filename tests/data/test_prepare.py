@@ -205,3 +205,37 @@ def test_synthetic_logs_with_text(ray_session, tmp_path: Path) -> None:
     assert m["num_cold_items"] > 0  # the generator plants items seen only as valid/test targets
     manifest = json.loads((ds.path / MANIFEST).read_text())
     assert {o["path"] for o in manifest["outputs"]} >= {"item_vocab.parquet", "user_vocab.parquet", "item_text.parquet"}
+
+
+def test_cold_item_holdout_keeps_held_items_out_of_every_training_part(ray_session, tmp_path: Path) -> None:
+    from raysys.data.dataset import FIRST_ITEM_INDEX
+    from raysys.data.prepare import held_out_items
+    from raysys.eval.evaluator import slice_masks, train_items
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    log = pd.DataFrame(
+        {"user_id": (rng.integers(0, 200, n)).astype(str), "item_id": rng.integers(0, 150, n).astype(str)}
+    )
+    log["timestamp"] = np.arange(n)
+    path = tmp_path / "log.csv"
+    log.to_csv(path, index=False)
+    cfg = DataConfig(path=str(path), cache_dir=str(tmp_path / "c"), cold_item_holdout=0.2, seed=3)
+    ds = load_or_prepare(cfg, progress=False)
+    plain = load_or_prepare(cfg.model_copy(update={"cold_item_holdout": 0.0}), progress=False)
+
+    vocab = ds.item_vocab()
+    held_index = np.flatnonzero(held_out_items(np.arange(FIRST_ITEM_INDEX, ds.num_items), 0.2, 3))
+    held = set(vocab.filter(pa.array(np.isin(vocab["item_index"].to_numpy(), held_index)))["item_id"].to_pylist())
+    assert len(held) == round(0.2 * (ds.num_items - FIRST_ITEM_INDEX))
+    before, after = sequences_by_user(plain), sequences_by_user(ds)
+    for user, sequence in before.items():
+        targets = sequence[-2:] if len(sequence) >= 3 else []
+        trainable = [item for item in sequence[: len(sequence) - len(targets)] if item not in held]
+        expected = trainable + targets if targets and trainable else [i for i in sequence if i not in held]
+        assert after[user] == expected
+    m = ds.manifest
+    assert m["num_held_out"] > 0 and m["num_interactions"] + m["num_held_out"] == plain.manifest["num_interactions"]
+    assert not set(np.flatnonzero(np.isin(np.arange(ds.num_items), train_items(ds)))) & set(held_index)
+    cold = slice_masks(ds.split("test"), train_items(ds), 5)["test/cold_items"]
+    assert cold.sum() >= 0.1 * len(cold)  # about a fifth of the test targets are held out

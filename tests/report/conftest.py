@@ -21,7 +21,7 @@ def _history(stage_dir: Path, losses: list[float], ndcgs: list[float]) -> None:
 def _metrics(ndcg: float, cold_hr: float | None = None) -> dict:
     metrics = {
         "valid": {"ndcg@10": ndcg + 0.01},
-        "test": {"hr@10": 0.5, "ndcg@10": ndcg, "mrr@10": 0.2, "recall@10": 0.5, "coverage@10": 0.9},
+        "test": {"hr@10": 0.5, "ndcg@10": ndcg, "mrr@10": 0.2, "recall@10": 0.5, "coverage@10": 0.9, "num_users": 940},
     }
     if cold_hr is not None:
         metrics["test/cold_items"] = {"hr@10": cold_hr, "ndcg@10": cold_hr / 2, "num_users": 17.0}

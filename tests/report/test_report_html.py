@@ -39,6 +39,7 @@ def test_report_has_every_section_with_its_numbers(tmp_path: Path, make_run) -> 
     assert page.index("0.27") < page.index("0.21")  # tune trials best first
     assert "no_kd" in page and "400" in page  # ablation rows and the load benchmark
     assert "<td>9.25</td>" in page and "i3, i9" in page  # smoke latency p50 and top items
+    assert "Users per split and slice: test 940, test/cold_items 17" in page and "test/cold_items hr@10" in page
     assert "pretrain/tensorboard" in page and "finetune/tensorboard" in page and "skipped (up to date)" in page
     pngs = _pngs(page)
     assert len(pngs) == 2 and all(png.startswith(b"\x89PNG") for png in pngs)
