@@ -23,6 +23,7 @@ from raysys.run import default_out_dir, start_run, write_summary
 
 STAGES: dict[str, str] = {
     "prepare": "raysys.recipes.prepare",
+    "embed_items": "raysys.recipes.embed_items",
     "evaluate": "raysys.recipes.evaluate",
     "serve": "raysys.recipes.serve",
     "pretrain": "raysys.recipes.pretrain",

@@ -14,7 +14,7 @@ embedding list<float32>.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +91,14 @@ class TextEncoder:
 
     def identity(self) -> str:
         """What changes the embeddings: encoder name, its config and the truncation length."""
-        config = (self.model_dir / "config.json").read_bytes()
-        return f"{ENCODER_NAME}|{hashlib.sha256(config).hexdigest()[:16]}|max_tokens={self.max_tokens}"
+        return encoder_identity(self.model_dir, self.max_tokens)
+
+
+def encoder_identity(model_dir: str | Path | None = None, max_tokens: int = 256) -> str:
+    """`TextEncoder(model_dir, max_tokens=...).identity()` without loading the weights."""
+    model_dir = Path(model_dir) if model_dir is not None else encoder_model_dir()
+    config = (model_dir / "config.json").read_bytes()
+    return f"{ENCODER_NAME}|{hashlib.sha256(config).hexdigest()[:16]}|max_tokens={max_tokens}"
 
 
 def texts_key(item_ids: Sequence[str], texts: Sequence[str], encoder_identity: str) -> str:
@@ -110,35 +116,88 @@ def embed_item_texts(
     encoder: TextEncoder | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    embed: Callable[[pa.Table], pa.Table] | None = None,
 ) -> pa.Table:
     """Embed an item text table (item_id, item_index, text) -> EMB_SCHEMA table, cached in Parquet.
 
     Items whose text is null or blank get no row (their `text_emb` row stays zero). The cache file
     is `cache_dir/item_text_emb-<key>.parquet`, keyed by `texts_key`; `cache_dir=None` disables it.
+    embed: computes the table of the non-blank rows (item_id, item_index, text) on a cache miss, e.g.
+    `embed_on_ray` (Ray Data batch inference); default: `encoder` in this process.
     """
     _require_columns(item_text, ("item_id", "item_index", "text"), "item text table")
-    item_ids, indices, texts = _non_blank_rows(item_text)
-    encoder = encoder or TextEncoder()
-    cache_file = None
-    if cache_dir is not None:
-        key = texts_key(item_ids, texts, encoder.identity())
-        cache_file = Path(cache_dir).expanduser() / f"item_text_emb-{key}.parquet"
+    item_ids, indices, texts = non_blank_rows(item_text)
+    identity = encoder.identity() if encoder is not None else encoder_identity()
+    cache_file = item_text_cache_file(cache_dir, item_ids, texts, identity) if cache_dir is not None else None
+    if cache_file is not None:
         cached = _read_cache(cache_file, item_ids)
         if cached is not None:
             # The key covers ids and texts, not indices: take the indices of the table asked about.
             return cached.set_column(1, "item_index", pa.array(indices, pa.int32()))
-    vectors = encoder.encode(texts, batch_size=batch_size, progress=progress)
-    table = emb_table(item_ids, indices, vectors)
+    if embed is not None:
+        rows = pa.table(
+            {"item_id": pa.array(item_ids, pa.string()), "item_index": pa.array(indices, pa.int32()), "text": texts}
+        )
+        table = embed(rows)
+        if table["item_id"].to_pylist() != item_ids:
+            raise RaysysError("the batch inference returned the items out of order", where="item text embeddings")
+    else:
+        encoder = encoder or TextEncoder()
+        table = emb_table(item_ids, indices, encoder.encode(texts, batch_size=batch_size, progress=progress))
     if cache_file is not None:
         with atomic_path(cache_file) as tmp:
             pq.write_table(table, tmp)
     return table
 
 
+def item_text_cache_file(
+    cache_dir: str | Path, item_ids: Sequence[str], texts: Sequence[str], identity: str | None = None
+) -> Path:
+    """Where `embed_item_texts` keeps the embeddings of these texts: keyed by the encoder's identity
+    (default: the packaged encoder's) and the texts."""
+    key = texts_key(item_ids, texts, identity or encoder_identity())
+    return Path(cache_dir).expanduser() / f"item_text_emb-{key}.parquet"
+
+
 def item_text_embeddings(dataset, **kwargs) -> pa.Table | None:
-    """`embed_item_texts` over a PreparedDataset's item text; None when the dataset has no text."""
+    """`embed_item_texts` over a PreparedDataset's item text, cached beside the dataset (in its
+    directory; the pipeline's embed_items stage fills it with Ray Data); None when it has no text."""
     item_text = dataset.item_text()
-    return None if item_text is None else embed_item_texts(item_text, **kwargs)
+    if item_text is None:
+        return None
+    return embed_item_texts(item_text, **{"cache_dir": dataset.path, **kwargs})
+
+
+class EncodeBatch:
+    """A Ray Data actor of `embed_on_ray`: loads the encoder once, embeds (item_id, item_index, text)
+    batches -> EMB_SCHEMA batches plus their input position ("row")."""
+
+    def __init__(self) -> None:
+        self.encoder = TextEncoder()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        vectors = self.encoder.encode(batch["text"].to_pylist())  # [B, 384]
+        table = emb_table(batch["item_id"].to_pylist(), batch["item_index"].to_pylist(), vectors)
+        return table.append_column("row", batch["row"])
+
+
+def embed_on_ray(rows: pa.Table, *, actors: int = 2, cpus_per_actor: float = 1.0, batch_size: int = 256) -> pa.Table:
+    """Ray Data batch inference: `rows` (item_id, item_index, text) -> EMB_SCHEMA table in input order,
+    embedded by a pool of up to `actors` EncodeBatch actors (each holds one copy of the encoder)."""
+    import ray.data
+
+    numbered = rows.append_column("row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    dataset = ray.data.from_arrow(numbered).map_batches(
+        EncodeBatch,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+        num_cpus=cpus_per_actor,
+    )
+    parts = [part for part in ray.get(dataset.to_arrow_refs()) if part.num_rows]
+    table = pa.concat_tables(parts) if parts else numbered.slice(0, 0)
+    table = table.sort_by("row").drop_columns(["row"])
+    return table.cast(EMB_SCHEMA) if table.num_rows else emb_table([], [], np.zeros((0, TEXT_DIM), np.float32))
 
 
 def emb_table(item_ids: Sequence[str], indices: Sequence[int], vectors: np.ndarray) -> pa.Table:
@@ -177,7 +236,8 @@ def _embedding_matrix(table: pa.Table) -> np.ndarray:
     return flat.reshape(len(lengths), -1 if len(lengths) else TEXT_DIM)
 
 
-def _non_blank_rows(item_text: pa.Table) -> tuple[list[str], list[int], list[str]]:
+def non_blank_rows(item_text: pa.Table) -> tuple[list[str], list[int], list[str]]:
+    """(item ids, item indices, texts) of the rows whose text is neither null nor blank, in table order."""
     ids = item_text["item_id"].to_pylist()
     indices = item_text["item_index"].to_pylist()
     texts = item_text["text"].to_pylist()

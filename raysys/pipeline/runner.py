@@ -69,6 +69,7 @@ def stage_hashes(cfg: Config) -> dict[str, str]:
     export = combine(teacher, student)
     return {
         "prepare": data,
+        "embed_items": combine(data, "item-text"),  # the encoder and the texts key its file
         "pretrain": pretrain,
         "finetune": finetune,
         "tune": tune,

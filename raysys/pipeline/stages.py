@@ -131,6 +131,30 @@ def prepare(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     )
 
 
+def uses_text(cfg: Config) -> bool:
+    """Whether a trained model reads item-text embeddings (the embed_items stage then runs)."""
+    return cfg.teacher.use_text or cfg.student.use_text
+
+
+def embed_items(cfg: Config, runner: StageRunner) -> dict[str, Any]:
+    """Embed the dataset's item texts with Ray Data batch inference, cached beside the dataset."""
+    from raysys.recipes import embed_items as recipe
+
+    return runner.stage(
+        "embed_items",
+        cfg,
+        lambda d: recipe.run(cfg, d, recipe_args(recipe)),
+        check_embedded,
+        lambda s: f"{s['items']:,} item texts" + (" (cached)" if s["cache_hit"] else ""),
+    )
+
+
+def check_embedded(stage_dir: Path, summary: dict[str, Any]) -> None:
+    """The embeddings file the summary names is still there."""
+    if not Path(summary["cache_file"]).is_file():
+        raise RaysysError("the item-text embeddings are gone", where=summary["cache_file"])
+
+
 def pretrain(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """Pretrain the teacher with the self-supervised mix of `cfg.pretrain` on Ray Train (RUN/pretrain/model)."""
     from raysys.recipes import pretrain as recipe

@@ -5,7 +5,8 @@
     raysys pipeline --config jobs/configs/quickstart.yaml --out s3://bucket/runs/quickstart --force
     ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/quickstart.yaml --out /abs/run
 
-prepare -> [pretrain (the teacher's self-supervised mix; pipeline.pretrain=true)] -> finetune (the
+prepare -> [embed_items (item-text embeddings by Ray Data batch inference, when a model uses text)] ->
+[pretrain (the teacher's self-supervised mix; pipeline.pretrain=true)] -> finetune (the
 teacher: next item from pretrain's weights, or from scratch) -> [tune] -> student (distill; the tuned
 settings when tune ran) -> [student_no_kd (pipeline.kd_control: the same student without its teacher)]
 -> evaluate (teacher, student, [student_no_kd], popularity, item-kNN; full ranking) -> export (what ships) ->
@@ -36,7 +37,8 @@ from raysys.report import build_report
 from raysys.run import write_summary
 
 DESCRIPTION = (
-    "the main job: prepare, [pretrain], finetune, [tune], distill, evaluate, export, serve smoke, report (resumable)"
+    "the main job: prepare, [embed_items], [pretrain], finetune, [tune], distill, evaluate, export, serve smoke, "
+    "report (resumable)"
 )
 TOP_LEVEL_FILES = ("config.yaml", "summary.json", "report.html")
 PROVENANCE = ("stage", "config_hash", "raysys_version", "finished_at")  # a stage summary's bookkeeping keys
@@ -135,6 +137,8 @@ def run_stages(cfg: Config, runner: StageRunner) -> dict[str, Any]:
     """The stages in order; the pipeline summary without the timing."""
     local_cfg = stages.localize_data(cfg)
     stages.prepare(local_cfg, runner)
+    if stages.uses_text(cfg):
+        stages.embed_items(local_cfg, runner)
     stages.teacher(local_cfg, runner)
     if cfg.pipeline.run_tune:
         stages.tune(local_cfg, runner)

@@ -29,6 +29,7 @@ def test_stage_hashes_follow_what_each_stage_reads() -> None:
     base = Config()
     everything = {
         "prepare",
+        "embed_items",
         "pretrain",
         "finetune",
         "tune",
@@ -38,7 +39,7 @@ def test_stage_hashes_follow_what_each_stage_reads() -> None:
         "export",
         "serve_smoke",
     }
-    teacher_and_after = everything - {"prepare", "pretrain", "student_no_kd"}  # the control has no teacher
+    teacher_and_after = everything - {"prepare", "embed_items", "pretrain", "student_no_kd"}  # the control: no teacher
     assert _changed(base, data__max_len=20) == everything
     assert _changed(base, finetune__lr=0.01) == teacher_and_after
     assert _changed(base, pretrain__lr=0.01) == {"pretrain"}  # pretraining is off: nothing else reads it
