@@ -20,6 +20,7 @@ from raysys.files import free_port
 TEXT_MODEL = StudentConfig(hidden_size=32, num_layers=1, num_heads=2, dropout=0.0, use_text=True)
 PLAIN_MODEL = StudentConfig(hidden_size=32, num_layers=1, num_heads=2, dropout=0.0, use_text=False)
 NUM_ITEMS, NUM_USERS, MAX_LEN = 200, 40, 20
+APP = "raysys"  # the Serve application name (its HAProxy backend is http-<APP>)
 
 
 @pytest.fixture
@@ -84,6 +85,33 @@ class ServedApp:
         if config != self.deployed:
             deploy(config)
             self.deployed = config
+
+    def wait_routed(self, replicas: int, timeout_s: float = 60) -> None:
+        """Until HAProxy routes to exactly `replicas` replicas that its health checks see UP (Serve
+        reports a replica running, or reconfigured, a moment before HAProxy has it back in its list;
+        meanwhile requests go to the fallback). Read from HAProxy's stats page as CSV."""
+        import csv
+        import os
+        import time
+
+        import httpx
+
+        url = f"http://127.0.0.1:{os.environ['RAY_SERVE_HAPROXY_STATS_PORT']}/stats;csv"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = list(csv.DictReader(httpx.get(url, timeout=5).text.lstrip("# ").splitlines()))
+            up = [
+                r
+                for r in rows
+                if r["pxname"] == f"http-{APP}"
+                and r["svname"] not in ("FRONTEND", "BACKEND")
+                and r["bck"] == "0"
+                and r["status"].startswith("UP")
+            ]
+            if len(up) == replicas:
+                return
+            assert time.monotonic() < deadline, f"HAProxy routes to {len(up)} replicas, not {replicas}: {rows}"
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

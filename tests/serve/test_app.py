@@ -368,6 +368,7 @@ def test_a_request_past_the_timeout_gets_408_and_the_next_succeeds(served) -> No
     served.configure(num_replicas=1)
     wait_healthy(replicas=1)
     pid = replica_pid()
+    served.wait_routed(replicas=1)  # else the request goes to the fallback, which answers 503 at 0.5 s
     os.kill(pid, signal.SIGSTOP)  # a stalled replica (GC pause, starved CPU): the proxy's clock runs on
     try:
         start = time.monotonic()

@@ -237,8 +237,12 @@ def test_killing_the_only_replica_answers_fast_503s_with_retry_after(served, rec
     unavailable = [extra for status, _, extra in results if status == 503]
     record_property("recovery_s", round(recovery_s, 1))
     print(f"1 replica killed under 20 clients: {dict(statuses)}, slowest {slowest:.2f} s, recovered {recovery_s:.1f} s")
-    assert set(statuses) <= {200, 503, "closed idle connection, retried"} and statuses[503] > 0, statuses
+    assert set(statuses) <= {200, 502, 503, "closed idle connection, retried"} and statuses[503] > 0, statuses
     assert all(retry_after == "1" and json_detail for retry_after, json_detail in unavailable)
+    # A request in flight on the only replica when it died has no other replica to be retried on: at
+    # most one 502 per client (seen once in ~650 answers), JSON like every other answer.
+    failed_mid_answer = [extra for status, _, extra in results if status == 502]
+    assert len(failed_mid_answer) <= 20 and all(json_detail for _, json_detail in failed_mid_answer), statuses
     # HAProxy answers at 0.5 s (FALLBACK_TIMEOUT_MS); the client's clock also counts its own waits for a
     # CPU while the new replica starts on both cores (0.6 s alone, 1.1 s once in a full CI run). The
     # request timeout here is 3 s: anything near it would mean requests wait for a replica again.
