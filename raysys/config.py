@@ -76,6 +76,10 @@ class ModelConfig(Section):
     intermediate_size: int | None = None  # None = 4 * hidden_size
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     use_text: bool = False  # add projected item-text embeddings to the item-ID embeddings
+    # With use_text: the probability that a training lookup of an item drops its ID vector and uses its
+    # projected text alone, so the text path learns to stand for an item without an ID (a cold item, an
+    # item added to the served catalog). No effect without use_text, at evaluation or when serving.
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init_std: float = 0.02
 
 

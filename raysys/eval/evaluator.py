@@ -98,37 +98,39 @@ def evaluate_dataset(
     *,
     sync: bool | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of "valid", "test", "test/short_history" and "test/cold_items" (see `slice_masks`).
+    """Metrics of "valid", "valid/cold_items", "test", "test/short_history", "test/cold_items" and
+    "test/warm_items" (see `slice_masks`).
 
     scorer_for_split("valid" | "test") gives the score_fn for that split, so a baseline can be fitted
     on exactly the histories the protocol allows at that point (a trained model ignores the name).
     """
+    seen = train_items(dataset)
     valid = dataset.split("valid")
-    out = evaluate_slices(
-        scorer_for_split("valid"),
-        valid,
-        dataset.num_items,
-        cfg,
-        max_len,
-        {"valid": np.ones(len(valid.targets), dtype=bool)},
-        sync=sync,
-    )
+    valid_slices = {"valid": np.ones(len(valid.targets), dtype=bool), "valid/cold_items": cold_targets(valid, seen)}
+    out = evaluate_slices(scorer_for_split("valid"), valid, dataset.num_items, cfg, max_len, valid_slices, sync=sync)
     test = dataset.split("test")
-    slices = slice_masks(test, train_items(dataset), cfg.short_history_max)
+    slices = slice_masks(test, seen, cfg.short_history_max)
     out.update(evaluate_slices(scorer_for_split("test"), test, dataset.num_items, cfg, max_len, slices, sync=sync))
     return out
 
 
 def slice_masks(test: SplitExamples, seen_in_train: np.ndarray, short_history_max: int) -> dict[str, np.ndarray]:
     """Bool masks [N] over the test examples: "test" (everyone), "test/short_history" (at most
-    `short_history_max` interactions in the whole sequence: train + valid + test) and
-    "test/cold_items" (targets that occur in no user's training part)."""
+    `short_history_max` interactions in the whole sequence: train + valid + test), "test/cold_items"
+    (targets that occur in no user's training part) and "test/warm_items" (the others)."""
     full_lengths = np.fromiter((len(h) + 1 for h in test.histories), dtype=np.int64, count=len(test.histories))
+    cold = cold_targets(test, seen_in_train)
     return {
         "test": np.ones(len(test.targets), dtype=bool),
         "test/short_history": full_lengths <= short_history_max,
-        "test/cold_items": ~np.isin(test.targets, seen_in_train),
+        "test/cold_items": cold,
+        "test/warm_items": ~cold,
     }
+
+
+def cold_targets(examples: SplitExamples, seen_in_train: np.ndarray) -> np.ndarray:
+    """[N] bool: the example's target occurs in no user's training part (a cold item)."""
+    return ~np.isin(examples.targets, seen_in_train)
 
 
 def train_items(dataset: PreparedDataset) -> np.ndarray:

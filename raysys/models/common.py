@@ -29,6 +29,10 @@ NEG_SCORE = -1e4
 class ItemEmbedding(nn.Module):
     """Item-ID embedding plus an optional linear projection of fixed item-text embeddings.
 
+    With text, `id_dropout` (training only) zeroes the ID vector of a random share of the lookups, the
+    catalog's rows included, so those items are scored from their text alone (no rescaling: an item
+    without an ID vector is scored exactly so at serving time).
+
     The text table is a persistent buffer so a saved state dict holds everything needed to score
     items (including cold items that only have text); building without `text_emb` and then loading
     a state dict that has one fails loudly instead of silently dropping the text.
@@ -40,9 +44,11 @@ class ItemEmbedding(nn.Module):
         hidden_size: int,
         init_std: float = 0.02,
         text_emb: torch.Tensor | None = None,
+        id_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_items = num_items
+        self.id_dropout = id_dropout if text_emb is not None else 0.0
         self.register_buffer("catalog", torch.arange(num_items), persistent=False)  # every item index
         self.id_embedding = nn.Embedding(num_items, hidden_size, padding_idx=PAD_INDEX)
         nn.init.normal_(self.id_embedding.weight, std=init_std)
@@ -69,6 +75,9 @@ class ItemEmbedding(nn.Module):
         if item_ids is None:
             item_ids = self.catalog
         out = self.id_embedding(item_ids)
+        if self.training and self.id_dropout > 0:  # each lookup keeps its ID vector with 1 - id_dropout
+            keep = torch.rand(item_ids.shape, device=out.device) >= self.id_dropout  # [...]
+            out = out * keep.unsqueeze(-1).to(out.dtype)
         if self.text_projection is not None:
             out = out + self.text_projection(self.text_emb[item_ids].to(self.text_projection.weight.dtype))
         return out

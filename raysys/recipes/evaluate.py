@@ -5,8 +5,9 @@
     raysys evaluate --config jobs/configs/ml100k.yaml --baseline itemknn eval.sampled_negatives=100 --num-workers 2
 
 setup (dataset, scorer) -> fusion weight on valid (with --fuse) -> valid, test and test slices on one
-process or several Ray Train workers -> summary.json {"metrics": {"valid": ..., "test": ...,
-"test/short_history": ..., "test/cold_items": ...}, "scorer": ..., "protocol": ..., "dataset": ...}.
+process or several Ray Train workers -> summary.json {"metrics": {"valid": ..., "valid/cold_items": ...,
+"test": ..., "test/short_history": ..., "test/cold_items": ..., "test/warm_items": ...}, "scorer": ...,
+"protocol": ..., "dataset": ...}.
 """
 
 from __future__ import annotations

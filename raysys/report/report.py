@@ -215,6 +215,7 @@ SLICE_COLUMNS = (  # (split or slice, metric) after the test metrics
     ("test/short_history", "ndcg@10"),
     ("test/cold_items", "hr@10"),
     ("test/cold_items", "ndcg@10"),
+    ("test/warm_items", "hr@10"),
 )
 
 

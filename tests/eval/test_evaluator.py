@@ -132,10 +132,13 @@ def test_dataset_slices(make_dataset):
     cfg = EvalConfig(ks=[1, 5], short_history_max=4)
     prefers_low = lambda ids: -torch.arange(10, dtype=torch.float32).expand(ids.shape[0], -1)  # noqa: E731
     metrics = evaluate_dataset(lambda split: prefers_low, dataset, cfg, max_len=5)
-    assert set(metrics) == {"valid", "test", "test/short_history", "test/cold_items"}
+    assert set(metrics) == {"valid", "valid/cold_items", "test", "test/short_history", "test/cold_items", "test/warm_items"}
     assert metrics["valid"]["num_users"] == 3
     assert metrics["test/short_history"]["num_users"] == 2
     assert metrics["test/cold_items"]["num_users"] == 2  # target 9 (users 0 and 2) is never trained on; 6 is
+    assert metrics["test/warm_items"]["num_users"] == 1
+    assert metrics["valid/cold_items"]["num_users"] == 1  # valid targets 4, 5, 8: only 8 is in no training
+    # part (those are 2,3 / 3,2 / 2..7)
     # User 0: history 2,3,4 excluded -> candidates 5..9, target 9 last (rank 4); user 1: target 6,
     # history 3,2,5 -> candidates 4,6,7,8,9, rank 1.
     assert metrics["test/short_history"]["mrr@5"] == pytest.approx((1 / 5 + 1 / 2) / 2)

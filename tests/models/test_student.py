@@ -93,6 +93,28 @@ def test_text_embeddings_and_config_errors() -> None:
         build_student(StudentConfig(arch="causal", hidden_size=30, num_heads=4), NUM_ITEMS, MAX_LEN)
 
 
+@pytest.mark.parametrize("arch", ["causal", "llama"])
+def test_id_dropout_scores_some_lookups_from_text_alone_in_training_only(arch: str) -> None:
+    torch.manual_seed(0)
+    text = torch.randn(NUM_ITEMS, 12)
+    cfg = StudentConfig(arch=arch, use_text=True, id_dropout=0.5)
+    items = build_student(cfg, NUM_ITEMS, MAX_LEN, text_emb=text).items
+    ids, text_only = items.id_embedding.weight, text @ items.text_projection.weight.T  # [N, H] each
+    items.train()
+    rows = items()  # [N, H] the catalog, one draw
+    dropped = torch.isclose(rows, text_only).all(dim=1)
+    kept = torch.isclose(rows, ids + text_only).all(dim=1)
+    assert (dropped | kept).all() and 0 < dropped.sum() < NUM_ITEMS
+    inputs = items(torch.full((64, MAX_LEN), 5))  # [B, L, H] the same item looked up 512 times
+    share = torch.isclose(inputs, text_only[5]).all(dim=-1).float().mean().item()
+    assert 0.4 < share < 0.6
+    items.eval()
+    torch.testing.assert_close(items(), ids + text_only)
+    # Without text there is nothing to fall back on: the setting does nothing.
+    plain = build_student(StudentConfig(arch=arch, id_dropout=0.5), NUM_ITEMS, MAX_LEN).items.train()
+    torch.testing.assert_close(plain(), plain.id_embedding.weight)
+
+
 def test_default_student_is_a_small_llama_with_the_same_contract() -> None:
     model = build_student(StudentConfig(), NUM_ITEMS, MAX_LEN).eval()
     assert StudentConfig().arch == "llama" and model.is_causal and model.hidden_size == 64
