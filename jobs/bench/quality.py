@@ -2,8 +2,11 @@
 
     python jobs/bench/quality.py --config jobs/configs/ml100k.yaml --seeds 0,1,2 --out runs/quality
 
-Per seed, the two real commands a user runs, with the shipped defaults (chosen on validation only):
-    raysys pretrain --config jobs/configs/ml100k.yaml pretrain.seed=S --out OUT/teacher-S
+Per seed, the real commands a user runs, with the shipped defaults (chosen on validation only), and the
+teacher trained as the pipeline trains it (self-supervised pretraining first when `pipeline.pretrain`):
+    raysys pretrain --config jobs/configs/ml100k.yaml pretrain.seed=S --out OUT/pretrain-S  # pipeline.pretrain
+    raysys finetune --config jobs/configs/ml100k.yaml finetune.seed=S [finetune.init_from=OUT/pretrain-S/model] \
+        --out OUT/teacher-S
     raysys distill  --config jobs/configs/ml100k.yaml distill.seed=S distill.teacher=OUT/teacher-S/model \
         --out OUT/student-S
 Targets (../shared/peers: RecBole SASRec test NDCG@10 0.0670): teacher >= 1.2x (0.0804), student
@@ -13,6 +16,7 @@ Targets (../shared/peers: RecBole SASRec test NDCG@10 0.0670): teacher >= 1.2x (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +24,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from raysys.bench.commands import run_stage
+from raysys.bench.commands import TimedRun, run_stage
+from raysys.config import load_config
 from raysys.files import write_json_atomic
 from raysys.run import utc_now
 
@@ -55,13 +60,7 @@ def one_seed(
     row: dict[str, Any] = {"seed": seed}
     runs = []
     if previous is None:
-        teacher = run_stage(
-            "pretrain",
-            args.config,
-            [*args.overrides, f"pretrain.seed={seed}"],
-            out / f"teacher-{seed}",
-            target=("valid_ndcg@10", peer_valid),
-        )
+        teacher = train_teacher(args, seed, out, peer_valid)
         runs.append(("teacher", teacher))
     else:
         row["teacher"] = previous["teacher"]
@@ -84,6 +83,27 @@ def one_seed(
     if previous is None:
         row["teacher"]["seconds_to_peer_valid"] = teacher.seconds_to_target
     return row
+
+
+def train_teacher(args: argparse.Namespace, seed: int, out: Path, peer_valid: float) -> TimedRun:
+    """The pipeline's teacher stages for one seed: pretrain (when `pipeline.pretrain`), then finetune;
+    `seconds` and `seconds_to_target` (reached during the fine-tune) count both."""
+    init: list[str] = []
+    pretrain_s = 0.0
+    if load_config(args.config, args.overrides).pipeline.pretrain:
+        pretrained = run_stage(
+            "pretrain", args.config, [*args.overrides, f"pretrain.seed={seed}"], out / f"pretrain-{seed}"
+        )
+        init, pretrain_s = [f"finetune.init_from={out / f'pretrain-{seed}' / 'model'}"], pretrained.seconds
+    teacher = run_stage(
+        "finetune",
+        args.config,
+        [*args.overrides, f"finetune.seed={seed}", *init],
+        out / f"teacher-{seed}",
+        target=("valid_ndcg@10", peer_valid),
+    )
+    to_target = None if teacher.seconds_to_target is None else teacher.seconds_to_target + pretrain_s
+    return dataclasses.replace(teacher, seconds=teacher.seconds + pretrain_s, seconds_to_target=to_target)
 
 
 def aggregate(rows: list[dict[str, Any]], peer_test_ndcg: float) -> dict[str, Any]:
