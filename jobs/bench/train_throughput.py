@@ -2,14 +2,14 @@
 
     python jobs/bench/train_throughput.py --epochs 3 --out runs/bench_throughput
     python jobs/bench/train_throughput.py --epochs 2 --datasets sparse,catalog100k --out runs/bench_throughput
-    python jobs/bench/train_throughput.py --epochs 2 --new pretrain.length_buckets=20 --new pretrain.loss=sampled
+    python jobs/bench/train_throughput.py --epochs 2 --new finetune.length_buckets=20 --new finetune.loss=sampled
 
 Datasets (DATASETS): ml100k (jobs/configs/ml100k.yaml; needs ../shared/data/ml-100k, skipped without it),
 sparse (jobs/configs/sparse.yaml: 20 k users, 10 k items, median history 6) and catalog100k (the sparse
 preset with 100 k items). Paths: `old` is each dataset's config with the overrides of --old (default OLD:
 the path before length-aware batching and loss=auto: every window padded to its batch's longest row, full
 softmax); `new` with those of --new (default NEW: none, the shipped defaults). Every run is one
-`raysys pretrain` command (the teacher: Ray Train + DeepSpeed, the config's workers) for --epochs epochs
+`raysys finetune` command (the teacher: Ray Train + DeepSpeed, the config's workers) for --epochs epochs
 with early stopping off, on the same data and seed, one after the other so all see the same machine.
 
 Per run, from its per-epoch history, over the epochs after the first (which pays DeepSpeed's and Ray
@@ -55,7 +55,7 @@ DATASETS: dict[str, tuple[str, list[str]]] = {
 }
 # The path before this work (every window padded as its batch's longest, full softmax) and the new one: the
 # shipped defaults (length-aware batching, loss=auto).
-OLD = ["pretrain.length_buckets=0", "pretrain.loss=full"]
+OLD = ["finetune.length_buckets=0", "finetune.loss=full"]
 NEW: list[str] = []
 SPARSE_MIN_SHARE = 0.5  # sparse targets/s >= half of ml100k's (per-target cost <= 2 x)
 CATALOG_MIN_SHARE = 0.25  # catalog100k targets/s >= 25 % of ml100k's
@@ -89,12 +89,12 @@ def path_overrides(path: str, args: argparse.Namespace) -> list[str]:
 
 
 def run_one(dataset: str, path: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """One `raysys pretrain` of `dataset` on `path`; its figures (see the module docstring)."""
+    """One `raysys finetune` of `dataset` on `path`; its figures (see the module docstring)."""
     config, data_overrides = DATASETS[dataset]
-    epochs = [f"pretrain.epochs={args.epochs}", f"pretrain.patience={args.epochs}", "pretrain.min_delta=0"]
+    epochs = [f"finetune.epochs={args.epochs}", f"finetune.patience={args.epochs}", "finetune.min_delta=0"]
     overrides = [*data_overrides, *args.common, *path_overrides(path, args), *epochs]
-    print(f"{dataset} / {path}: raysys pretrain --config {config} {' '.join(overrides)}", flush=True)
-    timed = run_stage("pretrain", config, overrides, out / f"{dataset}-{path}")
+    print(f"{dataset} / {path}: raysys finetune --config {config} {' '.join(overrides)}", flush=True)
+    timed = run_stage("finetune", config, overrides, out / f"{dataset}-{path}")
     record = run_figures(timed)
     print(
         f"  {record['targets_per_s']:.0f} targets/s, {record['seconds_per_epoch']:.1f} s/epoch, "

@@ -5,7 +5,7 @@
     python jobs/bench/training.py --parts throughput --layouts 1:0,2:0,2:2,2:3 --out runs/bench_train
     python jobs/bench/training.py --parts reach --run-peer /tmp/recbole-venv/bin/python --out runs/bench_train
 
-reach: wall time of the whole `raysys pretrain --config jobs/configs/ml100k.yaml` command (Ray start,
+reach: wall time of the whole `raysys finetune --config jobs/configs/ml100k.yaml` command (Ray start,
 data, DeepSpeed set-up and every validation pass included) until its validation NDCG@10 first reaches
 RecBole SASRec's best (../shared/peers/results.json: 0.0751 after 3,312 s). Target: >= 10x faster.
 With --run-peer PYTHON (a venv with RecBole, ../shared/peers/setup_recbole.sh) the peer runs in the
@@ -13,7 +13,7 @@ same script, one after the other, so both see the same machine.
 
 throughput: training items/s (next-item targets trained per second, summed over workers, from the
 second epoch on: the first pays DeepSpeed's and Ray Data's warm-up) for each workers:zero layout, on
-the same config, data and seed. Each layout is its own `raysys pretrain` command.
+the same config, data and seed. Each layout is its own `raysys finetune` command.
 
 Writes bench_train.json and bench_train.md into --out.
 """
@@ -55,13 +55,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def reach(args: argparse.Namespace, peer: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Time each seed's teacher pretraining to the peer's best validation NDCG@10."""
+    """Time each seed's teacher training (next item, the finetune stage) to the peer's best validation NDCG@10."""
     target = peer["best_valid_ndcg@10"]
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        overrides = [*args.overrides, f"pretrain.seed={seed}"]
+        overrides = [*args.overrides, f"finetune.seed={seed}"]
         timed = run_stage(
-            "pretrain",
+            "finetune",
             args.config,
             overrides,
             out / f"reach-seed{seed}",
@@ -111,12 +111,12 @@ def throughput(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         workers, zero = (int(x) for x in layout.split(":"))
         overrides = [
             *args.overrides,
-            f"pretrain.num_workers={workers}",
-            f"pretrain.zero_stage={zero}",
-            f"pretrain.epochs={args.epochs}",
-            f"pretrain.patience={args.epochs}",
+            f"finetune.num_workers={workers}",
+            f"finetune.zero_stage={zero}",
+            f"finetune.epochs={args.epochs}",
+            f"finetune.patience={args.epochs}",
         ]
-        timed = run_stage("pretrain", args.config, overrides, out / f"throughput-w{workers}-z{zero}")
+        timed = run_stage("finetune", args.config, overrides, out / f"throughput-w{workers}-z{zero}")
         steady = timed.history[1:] or timed.history
         rows.append(
             {

@@ -1,6 +1,6 @@
 """Run a raysys stage as a real command and time it, watching its per-epoch history as it grows.
 
-    timed = run_stage("pretrain", "jobs/configs/ml100k.yaml", ["pretrain.seed=1"], out_dir,
+    timed = run_stage("finetune", "jobs/configs/ml100k.yaml", ["finetune.seed=1"], out_dir,
                       target=("valid_ndcg@10", 0.0751))
     timed.seconds, timed.seconds_to_target, timed.summary["metrics"]["test"]["ndcg@10"]
 

@@ -71,8 +71,8 @@ def test_both_paths_run_side_by_side(tmp_path: Path) -> None:
         "data.max_len=20",
         "teacher.hidden_size=16",
         "teacher.num_layers=1",
-        "pretrain.batch_size=64",
-        "pretrain.num_workers=1",
+        "finetune.batch_size=64",
+        "finetune.num_workers=1",
     ]
     cmd = [sys.executable, "jobs/bench/train_throughput.py", "--epochs", "2", "--datasets", "sparse"]
     cmd += ["--out", str(tmp_path)]
@@ -83,8 +83,8 @@ def test_both_paths_run_side_by_side(tmp_path: Path) -> None:
     runs = results["datasets"]["sparse"]["paths"]
     for path in ("old", "new"):
         assert runs[path]["targets_per_s"] > 0 and runs[path]["epochs"] == 2 and 0 <= runs[path]["valid_ndcg@10"] <= 1
-    assert {"pretrain.length_buckets=0", "pretrain.loss=full"} <= set(runs["old"]["overrides"])
-    assert not {"pretrain.length_buckets=0", "pretrain.loss=full"} & set(runs["new"]["overrides"])  # the defaults
+    assert {"finetune.length_buckets=0", "finetune.loss=full"} <= set(runs["old"]["overrides"])
+    assert not {"finetune.length_buckets=0", "finetune.loss=full"} & set(runs["new"]["overrides"])  # the defaults
     assert results["ratios"]["sparse"]["targets_per_s_new_over_old"] > 0
     assert "| sparse | new |" in (tmp_path / "throughput.md").read_text()
     assert runs["new"]["checkpoint_seconds_per_epoch"] > 0 and runs["new"]["outside_epochs_seconds"] > 0
