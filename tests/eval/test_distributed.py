@@ -24,7 +24,11 @@ def test_one_and_two_ray_train_workers_agree(ray_session, make_dataset, random_s
     evaluate = partial(evaluate_dataset, scorers, dataset, cfg, 8, sync=True)
     one = evaluate_on_ray(evaluate, num_workers=1, cpus_per_worker=0.5, storage_path=tmp_path, name="one")
     two = evaluate_on_ray(evaluate, num_workers=2, cpus_per_worker=0.5, storage_path=tmp_path, name="two")
-    assert set(two) == set(local) == {"valid", "valid/cold_items", "test", "test/short_history", "test/cold_items", "test/warm_items"}
+    assert (
+        set(two)
+        == set(local)
+        == {"valid", "valid/cold_items", "test", "test/short_history", "test/cold_items", "test/warm_items"}
+    )
     for part in local:
         assert one[part] == pytest.approx(local[part], abs=1e-12)
         assert two[part] == pytest.approx(local[part], abs=1e-12)

@@ -132,7 +132,14 @@ def test_dataset_slices(make_dataset):
     cfg = EvalConfig(ks=[1, 5], short_history_max=4)
     prefers_low = lambda ids: -torch.arange(10, dtype=torch.float32).expand(ids.shape[0], -1)  # noqa: E731
     metrics = evaluate_dataset(lambda split: prefers_low, dataset, cfg, max_len=5)
-    assert set(metrics) == {"valid", "valid/cold_items", "test", "test/short_history", "test/cold_items", "test/warm_items"}
+    assert set(metrics) == {
+        "valid",
+        "valid/cold_items",
+        "test",
+        "test/short_history",
+        "test/cold_items",
+        "test/warm_items",
+    }
     assert metrics["valid"]["num_users"] == 3
     assert metrics["test/short_history"]["num_users"] == 2
     assert metrics["test/cold_items"]["num_users"] == 2  # target 9 (users 0 and 2) is never trained on; 6 is

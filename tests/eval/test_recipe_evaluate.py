@@ -34,7 +34,14 @@ def test_ml100k_popularity_reference(ray_session, ml100k_path, tmp_path):
     assert test["num_users"] == 943
     assert abs(test["hr@10"] - 0.0859) < 5e-5 and abs(test["ndcg@10"] - 0.0439) < 5e-5
     assert test["recall@10"] == test["hr@10"]
-    assert set(pop["metrics"]) == {"valid", "valid/cold_items", "test", "test/short_history", "test/cold_items", "test/warm_items"}
+    assert set(pop["metrics"]) == {
+        "valid",
+        "valid/cold_items",
+        "test",
+        "test/short_history",
+        "test/cold_items",
+        "test/warm_items",
+    }
     assert pop["protocol"]["ties"] == "count against the target" and pop["scorer"] == {"baseline": "popularity"}
     knn = run_evaluate(tmp_path / "knn", "--config", str(ML100K_CONFIG), "--baseline", "itemknn", *data)
     assert knn["metrics"]["test"]["ndcg@10"] > test["ndcg@10"] + 0.03  # 0.088 vs 0.044
