@@ -128,6 +128,13 @@ def slice_masks(test: SplitExamples, seen_in_train: np.ndarray, short_history_ma
     }
 
 
+def slice_metric(metrics: dict[str, dict[str, float]], part: str, key: str) -> float | None:
+    """metrics[part][key], or None when that split or slice is absent or holds no users (its zeros
+    would read as a measured 0)."""
+    values = metrics.get(part, {})
+    return None if values.get("num_users", 1) == 0 else values.get(key)
+
+
 def cold_targets(examples: SplitExamples, seen_in_train: np.ndarray) -> np.ndarray:
     """[N] bool: the example's target occurs in no user's training part (a cold item)."""
     return ~np.isin(examples.targets, seen_in_train)

@@ -31,6 +31,7 @@ from typing import Any
 from raysys import storage
 from raysys.config import Config
 from raysys.console import LOG_FILE, console
+from raysys.eval.evaluator import slice_metric
 from raysys.pipeline import stages
 from raysys.pipeline.runner import StageRunner, stage_hashes
 from raysys.report import build_report
@@ -111,7 +112,7 @@ def show_results(summary: dict[str, Any], runner: StageRunner, report_name: str)
     rows = []
     for name, entry in summary["models"].items():
         metrics = entry["metrics"]
-        rows.append([name, *(_cell(metrics.get(part, {}).get(key)) for _, part, key in RESULT_COLUMNS)])
+        rows.append([name, *(_cell(slice_metric(metrics, part, key)) for _, part, key in RESULT_COLUMNS)])
     console.say()
     header = ["model", *(column[0] for column in RESULT_COLUMNS)]
     console.table("Results (test, full ranking over the catalog, seen items excluded)", header, rows)

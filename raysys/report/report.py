@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from raysys.eval.evaluator import slice_metric
 from raysys.train.history import read_history
 
 REPORT_FILE = "report.html"
@@ -236,7 +237,7 @@ def _metrics_section(models: dict[str, Any]) -> str:
             [
                 name,
                 *(test.get(m) for m in METRIC_COLUMNS),
-                *(metrics.get(part, {}).get(metric) for part, metric in SLICE_COLUMNS),
+                *(slice_metric(metrics, part, metric) for part, metric in SLICE_COLUMNS),
             ]
         )
     chart = _img(plot_metric_bars({row[0]: row[2] for row in rows if row[2] is not None}, "test NDCG@10"))

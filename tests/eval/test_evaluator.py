@@ -151,6 +151,15 @@ def test_dataset_slices(make_dataset):
     assert metrics["test/short_history"]["mrr@5"] == pytest.approx((1 / 5 + 1 / 2) / 2)
 
 
+def test_an_empty_slice_reads_as_no_value_not_zero():
+    from raysys.eval.evaluator import slice_metric
+
+    metrics = {"test": {"ndcg@10": 0.25, "num_users": 4}, "test/short_history": {"ndcg@10": 0.0, "num_users": 0}}
+    assert slice_metric(metrics, "test", "ndcg@10") == 0.25
+    assert slice_metric(metrics, "test/short_history", "ndcg@10") is None  # no users: not a measured 0
+    assert slice_metric(metrics, "test/cold_items", "hr@10") is None  # absent
+
+
 def test_sync_without_a_process_group_is_an_error():
     with pytest.raises(RaysysError, match="process group"):
         evaluate_split(TableScorer(NUM_ITEMS, 0), random_examples(9, 3), NUM_ITEMS, EvalConfig(), MAX_LEN, sync=True)

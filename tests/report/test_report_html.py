@@ -74,3 +74,17 @@ def test_history_frame_orders_epochs(tmp_path: Path, write_history) -> None:
     frame = history_frame(tmp_path / "teacher")
     assert frame["epoch"].tolist() == [1, 2] and frame["loss"].tolist() == [3.0, 2.0]
     assert history_frame(tmp_path / "missing").empty
+
+
+def test_a_slice_without_users_shows_no_value() -> None:
+    import re
+
+    from raysys.report.report import _metrics_section
+
+    test = {"hr@10": 0.5, "ndcg@10": 0.25, "mrr@10": 0.2, "recall@10": 0.5, "coverage@10": 0.9, "num_users": 5}
+    empty = {"ndcg@10": 0.0, "hr@10": 0.0, "num_users": 0}
+    section = _metrics_section({"student": {"metrics": {"test": test, "test/short_history": empty}}})
+    headers = re.findall(r"<th>(.*?)</th>", section)
+    cells = re.findall(r"<td>(.*?)</td>", section.split("<td>student</td>")[1].split("</tr>")[0])
+    assert cells[headers.index("test/short_history ndcg@10") - 1] == "–"  # not a measured 0
+    assert "test/short_history 0" in section  # its size still says why
