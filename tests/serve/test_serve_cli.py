@@ -45,8 +45,14 @@ def test_serve_stage_serves_until_ctrl_c(model_dirs: dict[str, Path], tmp_path: 
                 pass
             time.sleep(1)  # also after a 503 while the app starts: a tight loop would starve it of CPU
         assert proc.poll() is None, proc.stdout.read()
+        # /healthz counts Serve's proxy as a route, so it can pass while HAProxy is not yet routing to the
+        # new replica; meanwhile /recommend answers 503 + Retry-After, and a client retries after it.
         answer = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u1", "k": 3}, timeout=10)
-        assert answer.status_code == 200 and len(answer.json()["items"]) == 3
+        while answer.status_code == 503 and time.monotonic() < deadline:
+            assert answer.headers.get("retry-after") == "1", answer.text
+            time.sleep(1)
+            answer = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u1", "k": 3}, timeout=10)
+        assert answer.status_code == 200 and len(answer.json()["items"]) == 3, answer.text
         os.killpg(proc.pid, signal.SIGINT)
         output, _ = proc.communicate(timeout=90)
     finally:
