@@ -56,3 +56,9 @@ def random_sequences() -> Callable[..., list[list[int]]]:
         return [rng.integers(2, num_items, size=int(n)).tolist() for n in lengths]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def evaluated_parts() -> set[str]:
+    """The splits and slices every full evaluation reports."""
+    return {"valid", "valid/cold_items", "test", "test/short_history", "test/cold_items", "test/warm_items"}
