@@ -80,7 +80,18 @@ class ModelConfig(Section):
     # projected text alone, so the text path learns to stand for an item without an ID (a cold item, an
     # item added to the served catalog). No effect without use_text, at evaluation or when serving.
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # With use_text: added to the score of every item without an ID vector (absent from training, or added
+    # to the served catalog) when ranking, a prior for new items that text alone under-scores (training
+    # never sees an ID-less item as a positive). "auto": chosen after training on validation NDCG@10 from
+    # multiples of the spread of the users' scores, 0 when valid has no such target; the model directory
+    # and summary.json ("resolved") carry the value. Evaluation and serving apply it; training losses never.
+    new_item_boost: Annotated[float, Field(ge=0.0)] | Literal["auto"] = "auto"
     init_std: float = 0.02
+
+    @property
+    def fixed_new_item_boost(self) -> float:
+        """The boost a model is built with: the number, or 0.0 while "auto" is unresolved (and without text)."""
+        return float(self.new_item_boost) if self.use_text and self.new_item_boost != "auto" else 0.0
 
 
 class TeacherConfig(ModelConfig):

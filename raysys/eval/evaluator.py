@@ -90,6 +90,38 @@ def evaluate_slices(
     return {name: part.metrics() for name, part in sums.items()}
 
 
+def choose_on_valid(
+    score_fns: tuple[ScoreFn, ...],
+    combine: Callable[[list[torch.Tensor], float], torch.Tensor],
+    grid: tuple[float, ...],
+    valid: SplitExamples,
+    num_items: int,
+    cfg: EvalConfig,
+    max_len: int,
+    *,
+    metric: str = "ndcg@10",
+    sync: bool | None = None,
+) -> tuple[float, dict[float, float]]:
+    """The grid value whose combined scores have the best validation `metric` (the smallest such value on
+    a tie), and every value's metric. Each batch is scored once by every score_fn ([B, num_items] each);
+    `combine(scores, value)` gives a new [B, num_items] tensor per value. Inside a process group each
+    rank scores its shard and all values' sums are all-reduced together once."""
+    ks = check_ks(cfg)
+    if metric.partition("@")[2] not in {str(k) for k in ks}:
+        raise RaysysError(f"validation metric {metric!r} needs its cut-off in eval.ks={list(ks)}", where="eval.ks")
+    sync = resolve_sync(sync)
+    all_users = {ALL: np.ones(len(valid.targets), dtype=bool)}
+    sums = {str(v): RankingSums.empty(ks, num_items, cfg.sampled_negatives > 0) for v in grid}
+    for batch in iter_eval_batches(valid, num_items, cfg, max_len, local_rows(len(valid.targets), sync, False)):
+        scores = [score_batch(fn, batch, num_items) for fn in score_fns]
+        for v in grid:
+            add_batch({ALL: sums[str(v)]}, combine(scores, v), batch, all_users)
+    if sync:
+        sums = all_reduce_sums(sums)
+    values = {v: sums[str(v)].metrics()[metric] for v in grid}
+    return max(grid, key=lambda v: (values[v], -v)), values
+
+
 def evaluate_dataset(
     scorer_for_split: Callable[[str], ScoreFn],
     dataset: PreparedDataset,

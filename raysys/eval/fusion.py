@@ -12,23 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from raysys.config import EvalConfig
 from raysys.data.dataset import FIRST_ITEM_INDEX, SplitExamples
-from raysys.errors import RaysysError
-from raysys.eval.evaluator import (
-    ScoreFn,
-    add_batch,
-    all_reduce_sums,
-    check_ks,
-    iter_eval_batches,
-    local_rows,
-    resolve_sync,
-    score_batch,
-)
-from raysys.eval.metrics import RankingSums
+from raysys.eval.evaluator import ScoreFn, choose_on_valid
 
 DEFAULT_WEIGHTS = tuple(i / 10 for i in range(11))  # 0.0, 0.1, ..., 1.0
 
@@ -87,22 +75,18 @@ def choose_fusion_weight(
 ) -> FusionChoice:
     """The grid weight with the best validation `metric` (the smallest such weight on a tie).
 
-    Model and baseline score each batch once; every weight is ranked from those scores. Inside a
-    process group each rank scores its shard and all weights' sums are all-reduced together once.
+    Model and baseline score each batch once; every weight is ranked from those scores
+    (`raysys.eval.evaluator.choose_on_valid`).
     """
-    ks = check_ks(cfg)
-    if metric.partition("@")[2] not in {str(k) for k in ks}:
-        raise RaysysError(f"fusion metric {metric!r} needs its cut-off in eval.ks={list(ks)}", where="eval.ks")
-    sync = resolve_sync(sync)
-    all_users = {"all": np.ones(len(valid.targets), dtype=bool)}
-    sums = {str(w): RankingSums.empty(ks, num_items, cfg.sampled_negatives > 0) for w in weights}
-    for batch in iter_eval_batches(valid, num_items, cfg, max_len, local_rows(len(valid.targets), sync, False)):
-        model_scores = score_batch(model_fn, batch, num_items)
-        baseline_scores = score_batch(baseline_fn, batch, num_items)
-        for w in weights:
-            add_batch({"all": sums[str(w)]}, fuse_scores(model_scores, baseline_scores, w), batch, all_users)
-    if sync:
-        sums = all_reduce_sums(sums)
-    values = {w: sums[str(w)].metrics()[metric] for w in weights}
-    best = max(weights, key=lambda w: (values[w], -w))
+    best, values = choose_on_valid(
+        (model_fn, baseline_fn),
+        lambda scores, w: fuse_scores(scores[0], scores[1], w),
+        weights,
+        valid,
+        num_items,
+        cfg,
+        max_len,
+        metric=metric,
+        sync=sync,
+    )
     return FusionChoice(weight=best, metric=metric, valid=values)

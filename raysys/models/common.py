@@ -33,6 +33,10 @@ class ItemEmbedding(nn.Module):
     catalog's rows included, so those items are scored from their text alone (no rescaling: an item
     without an ID vector is scored exactly so at serving time).
 
+    `new_item_boost` is added to the scores of the items without an ID vector (`id_less`, [num_items]
+    bool: the rows pinned at zero, see `mark_id_less`) when a model ranks (`boost_new_items`), never in
+    training losses.
+
     The text table is a persistent buffer so a saved state dict holds everything needed to score
     items (including cold items that only have text); building without `text_emb` and then loading
     a state dict that has one fails loudly instead of silently dropping the text.
@@ -45,10 +49,13 @@ class ItemEmbedding(nn.Module):
         init_std: float = 0.02,
         text_emb: torch.Tensor | None = None,
         id_dropout: float = 0.0,
+        new_item_boost: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_items = num_items
         self.id_dropout = id_dropout if text_emb is not None else 0.0
+        self.new_item_boost = new_item_boost if text_emb is not None else 0.0
+        self.register_buffer("id_less", None, persistent=False)  # [num_items] bool, set by mark_id_less
         self.register_buffer("catalog", torch.arange(num_items), persistent=False)  # every item index
         self.id_embedding = nn.Embedding(num_items, hidden_size, padding_idx=PAD_INDEX)
         nn.init.normal_(self.id_embedding.weight, std=init_std)
@@ -62,9 +69,21 @@ class ItemEmbedding(nn.Module):
             self.text_projection = nn.Linear(text_emb.shape[1], hidden_size, bias=False)
             nn.init.normal_(self.text_projection.weight, std=init_std)
 
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, num_items: int, text_emb: torch.Tensor | None) -> ItemEmbedding:
+        """The item table a model config describes (text only with cfg.use_text)."""
+        text_emb = text_emb if cfg.use_text else None
+        return cls(num_items, cfg.hidden_size, cfg.init_std, text_emb, cfg.id_dropout, cfg.fixed_new_item_boost)
+
     @property
     def uses_text(self) -> bool:
         return self.text_projection is not None
+
+    def boost_new_items(self, scores: torch.Tensor) -> torch.Tensor:
+        """[..., num_items] scores + new_item_boost at the ID-less items (unchanged without either)."""
+        if not self.new_item_boost or self.id_less is None:
+            return scores
+        return scores + self.new_item_boost * self.id_less.to(scores.dtype)
 
     def forward(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """[...] long item indices -> [..., H] embeddings; None -> the whole catalog [num_items, H].
@@ -130,6 +149,20 @@ def unseen_items(model: nn.Module) -> torch.Tensor | None:
     return getattr(items, "unseen", None)
 
 
+def mark_id_less(items: ItemEmbedding, id_less: torch.Tensor | None = None) -> None:
+    """Set `items.id_less` ([num_items] bool): the items without an ID vector, whose scores take
+    `new_item_boost`. Given (training: the items absent from the training parts), or read from the
+    weights (a loaded model: the rows pinned at exactly zero; pad and mask rows never count). Only
+    a model with item text has such items; without text this does nothing."""
+    if not items.uses_text:
+        return
+    if id_less is None:
+        id_less = (items.id_embedding.weight == 0).all(dim=1)
+    id_less = id_less.clone().to(items.id_embedding.weight.device)
+    id_less[:FIRST_ITEM_INDEX] = False
+    items.id_less = id_less
+
+
 def without_unseen(scores: torch.Tensor, unseen: torch.Tensor | None) -> torch.Tensor:
     """[..., N] scores with the columns of `unseen` items set to NEG_SCORE (no-op for None)."""
     return scores if unseen is None else scores.masked_fill(unseen, NEG_SCORE)
@@ -171,5 +204,6 @@ class SequenceModel(nn.Module, metaclass=ABCMeta):
         return self.encode(input_ids[:, -self.max_len :])[:, -1]
 
     def next_item_scores(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] -> [B, num_items] scores for the item after the last position."""
-        return score_items(self.user_state(input_ids), self.item_embeddings())
+        """[B, L] -> [B, num_items] scores for the item after the last position (ranking: ID-less items
+        take the model's new_item_boost, see `ItemEmbedding`)."""
+        return self.items.boost_new_items(score_items(self.user_state(input_ids), self.item_embeddings()))

@@ -43,7 +43,7 @@ from raysys.config import StudentConfig, TeacherConfig
 from raysys.data.dataset import FIRST_ITEM_INDEX, PreparedDataset
 from raysys.errors import RaysysError
 from raysys.files import write_json_atomic
-from raysys.models.common import SequenceModel
+from raysys.models.common import SequenceModel, mark_id_less
 from raysys.models.student import build_student
 from raysys.models.teacher import build_teacher
 from raysys.models.text_encoder import emb_table
@@ -314,6 +314,7 @@ def _build_model(path: Path, config: dict[str, Any]) -> SequenceModel:
         text_emb = _read_text_emb(weights) if model_cfg.use_text else None
         model = builder(model_cfg, int(config["num_items"]), int(config["max_len"]), text_emb=text_emb)
         load_model(model, str(weights), strict=True)
+        mark_id_less(model.items)  # the rows pinned at zero: items scored from their text (+ new_item_boost)
     except (SafetensorError, RuntimeError, OSError, KeyError) as exc:
         raise RaysysError(
             f"weights do not load into the {kind} that config.json describes ({str(exc).splitlines()[0]})",

@@ -102,9 +102,7 @@ class HFSequenceModel(SequenceModel):
         self.hidden_size = cfg.hidden_size
         self.max_len = max_len
         self.is_causal = arch != "bert"
-        self.items = ItemEmbedding(
-            num_items, cfg.hidden_size, cfg.init_std, text_emb if cfg.use_text else None, cfg.id_dropout
-        )
+        self.items = ItemEmbedding.from_config(cfg, num_items, text_emb)
         # Llama has no embedding dropout of its own; GPT-2 and BERT apply cfg.dropout after adding positions.
         self.input_dropout = nn.Dropout(cfg.dropout if arch == "llama" else 0.0)
         self.backbone = hf_backbone(arch, cfg, max_len, attn_implementation)

@@ -87,9 +87,7 @@ class CausalStudent(SequenceModel):
         super().__init__()
         self.hidden_size = cfg.hidden_size
         self.max_len = max_len
-        self.items = ItemEmbedding(
-            num_items, cfg.hidden_size, cfg.init_std, text_emb if cfg.use_text else None, cfg.id_dropout
-        )
+        self.items = ItemEmbedding.from_config(cfg, num_items, text_emb)
         self.positions = nn.Embedding(max_len, cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.dropout)
         intermediate = cfg.intermediate_size or 4 * cfg.hidden_size

@@ -9,7 +9,8 @@ known id gets the most popular items instead. Three serving needs shape it:
 - the item table [N, H] is computed once per model, not per request (with text, the projection of
   every item's text vector would otherwise be redone for each batch);
 - items added through /items are appended to that table: score embedding = the model's text
-  projection of the item's text embedding (a new item has no trained ID embedding);
+  projection of the item's text embedding (a new item has no trained ID embedding), and its score
+  takes the model's new_item_boost as the model's own ID-less items do (`ItemEmbedding`);
 - k, exclude_seen and the exclude list are per request.
 
 The catalog (table, ids, index) is replaced as a whole when items are added, never mutated, so a
@@ -57,6 +58,7 @@ class Catalog:
     """Every recommendable item: the model's items (indices 2..num_items-1) then the added ones."""
 
     table: torch.Tensor  # [N, H] score embeddings; rows 0 and 1 (pad, mask) are never returned
+    boost: torch.Tensor  # [N] added to every score: the model's new_item_boost at ID-less rows, else 0
     item_ids: list[str]  # [N] original ids ("" for pad and mask)
     index: dict[str, int] = field(repr=False)  # original id -> row
     popular: np.ndarray = field(repr=False)  # rows by popularity, most popular first (added items last)
@@ -114,6 +116,7 @@ class ServingModel:
         first = len(old.item_ids)
         self.catalog = Catalog(
             table=torch.cat([old.table, rows]),
+            boost=torch.cat([old.boost, torch.full((len(new),), float(self.model.items.new_item_boost))]),
             item_ids=ids,
             index={**old.index, **{item_id: first + j for j, (item_id, _) in enumerate(new)}},
             popular=np.concatenate([old.popular, np.arange(first, len(ids))]),
@@ -157,7 +160,7 @@ class ServingModel:
         length = min(self.max_len, max(len(h) for h in histories))
         input_ids = torch.from_numpy(pad_histories(histories, length))  # [B, L], left-padded
         state = self.model.user_state(input_ids).float()  # [B, H]
-        return state @ catalog.table.T  # [B, N]
+        return state @ catalog.table.T + catalog.boost  # [B, N]
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -177,7 +180,10 @@ def _base_catalog(loaded: LoadedModel, table: torch.Tensor) -> Catalog:
     popularity = loaded.popularity
     rows = np.asarray([index[i] for i in popularity["item_id"].to_pylist()], dtype=np.int64)
     counts = popularity["count"].to_numpy().astype(np.float64)
-    return Catalog(table=table, item_ids=list(loaded.item_ids), index=index, popular=rows, popular_counts=counts)
+    boost = loaded.model.items.boost_new_items(torch.zeros(table.shape[0])).float()  # [N]
+    return Catalog(
+        table=table, boost=boost, item_ids=list(loaded.item_ids), index=index, popular=rows, popular_counts=counts
+    )
 
 
 def _top_k(

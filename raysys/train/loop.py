@@ -124,6 +124,31 @@ class TrainOutcome:
         }
 
 
+def resolve_new_item_boost(
+    cfg: Config, task: Task, outcome: TrainOutcome, dataset: PreparedDataset
+) -> tuple[Config, dict[str, dict[str, Any]]]:
+    """After training: `cfg` with the model's `new_item_boost: auto` resolved on validation
+    (`raysys.eval.new_items`), the boost set on `outcome.model`, and its valid and test figures redone
+    with it when it is not 0; returns the resolved entry as `resolve_auto` does. Models without text
+    and fixed boosts are left alone."""
+    from raysys.eval.new_items import choose_new_item_boost
+
+    model_cfg = task.model_cfg
+    if not model_cfg.use_text or model_cfg.new_item_boost != "auto":
+        return cfg, {}
+    model = task.sequence_model(outcome.model)
+    eval_cfg = task.evaluator_config()
+    choice = choose_new_item_boost(model, dataset.split("valid"), dataset.num_items, eval_cfg, cfg.data.max_len)
+    model.items.new_item_boost = choice.value
+    if choice.value:
+        evaluate = task.evaluator(dataset)
+        outcome.valid = evaluate(outcome.model, "valid")
+        outcome.test = evaluate(outcome.model, "test") if outcome.test else outcome.test
+    section = task.model_section
+    cfg = cfg.model_copy(update={section: model_cfg.model_copy(update={"new_item_boost": choice.value})})
+    return cfg, {f"{section}.new_item_boost": {"value": choice.value, "reason": choice.reason}}
+
+
 def count_windows(dataset: PreparedDataset, max_len: int) -> tuple[int, int]:
     """Training windows and next-item targets of the whole dataset (reads only the train_len column).
     The windows are a lower bound on every task's rows, so at least this many rows exist to share among

@@ -32,6 +32,7 @@ from raysys.config import Config, config_from_dict
 from raysys.console import follow_history
 from raysys.data.dataset import PreparedDataset
 from raysys.errors import RaysysError
+from raysys.models.common import mark_id_less
 from raysys.train import checkpoint as ckpt
 from raysys.train.engines import DeepSpeedEngine
 from raysys.train.history import TensorBoardLog, write_history
@@ -41,6 +42,7 @@ from raysys.train.loop import (
     TrainOutcome,
     count_windows,
     resolve_auto,
+    resolve_new_item_boost,
     steps_per_epoch,
     table_rows,
     train_epochs,
@@ -112,8 +114,12 @@ def fit_and_export(cfg: Config, stage: Stage, out_dir: Path) -> dict[str, Any]:
     cfg, resolved = resolve_auto(cfg, stage, dataset)
     if resolved and (out_dir / "config.yaml").is_file():
         cfg.save(out_dir / "config.yaml")  # the run's resolved config holds what "auto" became
-    task = task_for(cfg, stage)
     outcome = fit(cfg, stage, out_dir, dataset)
+    cfg, boost = resolve_new_item_boost(cfg, task_for(cfg, stage), outcome, dataset)
+    if boost and (out_dir / "config.yaml").is_file():
+        cfg.save(out_dir / "config.yaml")
+    resolved.update(boost)
+    task = task_for(cfg, stage)
     summary = {**task.export(outcome.model, out_dir, dataset, outcome.metrics), **outcome.summary(task, out_dir)}
     return {**summary, "resolved": resolved} if resolved else summary
 
@@ -154,6 +160,7 @@ def _outcome(task: Task, dataset: PreparedDataset, text_emb: torch.Tensor | None
     state = TrainState.from_dict(ckpt.read_state(path))
     model = task.build_model(dataset.num_items, text_emb)
     model.load_state_dict(load_file(str(path / ckpt.BEST_WEIGHTS_FILE)))
+    mark_id_less(task.sequence_model(model).items)  # as a loaded model directory is (new_item_boost)
     return TrainOutcome.from_state(model, state, checkpoint=path)
 
 

@@ -8,7 +8,7 @@ import torch
 from raysys.config import StudentConfig
 from raysys.data.dataset import FIRST_ITEM_INDEX
 from raysys.errors import RaysysError
-from raysys.models.common import NEG_SCORE, count_non_embedding_params
+from raysys.models.common import NEG_SCORE, count_non_embedding_params, mark_id_less, score_items
 from raysys.models.student import attention_mask, build_student
 
 NUM_ITEMS, MAX_LEN = 30, 8
@@ -123,3 +123,23 @@ def test_default_student_is_a_small_llama_with_the_same_contract() -> None:
     with torch.no_grad():
         scores = model.next_item_scores(ids)
     assert scores.shape == (3, NUM_ITEMS) and torch.isfinite(scores).all()
+
+
+def test_new_item_boost_raises_only_the_id_less_items_when_ranking() -> None:
+    torch.manual_seed(0)
+    text = torch.randn(NUM_ITEMS, 12)
+    model = build_student(StudentConfig(use_text=True, new_item_boost=0.5), NUM_ITEMS, MAX_LEN, text_emb=text).eval()
+    ids = torch.randint(FIRST_ITEM_INDEX, NUM_ITEMS, (3, MAX_LEN))
+    with torch.no_grad():
+        before = model.next_item_scores(ids)  # nothing is ID-less yet: no boost anywhere
+        model.items.id_embedding.weight[[5, 9]] = 0.0  # as pinned: items training never saw
+        model.items.id_embedding.weight[1] = 0.0  # the mask row: never an item
+        mark_id_less(model.items)  # read from the weights, as a loaded model directory is
+        boosted = model.next_item_scores(ids)
+        plain = score_items(model.user_state(ids), model.item_embeddings())
+    assert model.items.id_less.nonzero().flatten().tolist() == [5, 9]
+    torch.testing.assert_close(boosted - plain, 0.5 * model.items.id_less.float().expand(3, -1))
+    assert not torch.equal(before, boosted)
+    # "auto" builds with no boost until training resolves it; without text there is never one.
+    assert StudentConfig(use_text=True).fixed_new_item_boost == 0.0
+    assert StudentConfig(new_item_boost=0.5).fixed_new_item_boost == 0.0

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from raysys.config import ServeConfig
 from raysys.errors import RaysysError
+from raysys.models.common import mark_id_less
 from raysys.models.export import load_model_dir
 from raysys.serve.deploy import serve_config
 from raysys.serve.schemas import RecommendRequest
@@ -68,6 +69,28 @@ def test_added_items_are_scored_by_the_text_projection(model_dirs: dict[str, Pat
     # An added item in a history counts as seen, though the model cannot take it as input.
     assert "fresh" not in dict(served.predict([Query([*history, "fresh"], 1000)])[0].items)
     assert served.add_items([("fresh", emb)]) == []
+
+
+def test_id_less_and_added_items_take_the_new_item_boost_as_in_evaluation(model_dirs: dict[str, Path]) -> None:
+    loaded = load_model_dir(model_dirs["text"])
+    items = loaded.model.items
+    with torch.no_grad():
+        items.id_embedding.weight[loaded.item_index["i3"]] = 0.0  # as training pins an item it never saw
+    mark_id_less(items)
+    items.new_item_boost = 0.75
+    served = ServingModel(loaded)
+    emb = np.random.default_rng(1).normal(size=384).astype(np.float32)
+    assert served.add_items([("fresh", emb)]) == ["fresh"]
+    history = ["i1", "i2", "i4"]
+    scores = dict(served.predict([Query(history, 1000)])[0].items)
+    with torch.inference_mode():
+        ids = torch.tensor([[loaded.item_index[i] for i in history]])
+        offline = loaded.model.next_item_scores(ids)[0]  # [num_items], what evaluation ranks
+        fresh = float(loaded.model.user_state(ids)[0] @ items.text_projection(torch.from_numpy(emb))) + 0.75
+    assert scores["i3"] == pytest.approx(float(offline[loaded.item_index["i3"]]), abs=1e-4)
+    assert scores["i5"] == pytest.approx(float(offline[loaded.item_index["i5"]]), abs=1e-4)
+    assert scores["fresh"] == pytest.approx(fresh, abs=1e-4)
+    assert served.catalog.boost.nonzero().flatten().tolist() == [loaded.item_index["i3"], served.catalog.index["fresh"]]
 
 
 def test_a_model_without_text_cannot_add_items(model_dirs: dict[str, Path]) -> None:

@@ -68,9 +68,18 @@ def test_pretrain_then_distill_through_the_cli(ray_train_session, tiny_config: P
     loaded = load_model_dir(teacher["model_dir"])
     assert loaded.kind == "teacher" and loaded.metrics["valid"] == teacher["metrics"]["valid"]
 
-    student = run_cli("distill", tiny_config, tmp_path / "student", f"distill.teacher={teacher['model_dir']}")
+    # The student with item text: its new_item_boost ("auto") is chosen on valid after training, and the
+    # model directory, the run's config and summary.json agree on it and on the figures it gives.
+    text = ("student.use_text=true", "student.id_dropout=0.5")
+    student = run_cli("distill", tiny_config, tmp_path / "student", f"distill.teacher={teacher['model_dir']}", *text)
     assert {"valid", "test"} <= set(student["metrics"]) and student["teacher"] == teacher["model_dir"]
-    assert load_model_dir(student["model_dir"]).kind == "student"
+    served = load_model_dir(student["model_dir"])
+    assert served.kind == "student" and served.metrics["test"] == student["metrics"]["test"]
+    boost = student["resolved"]["student.new_item_boost"]
+    assert isinstance(boost["value"], float) and boost["value"] >= 0 and "valid" in boost["reason"]
+    assert served.config["model_config"]["new_item_boost"] == boost["value"] == served.model.items.new_item_boost
+    assert load_config(tmp_path / "student" / "config.yaml").student.new_item_boost == boost["value"]
+    assert served.model.items.id_less is not None and served.model.items.id_less.any()  # the log's cold items
     kd = [r["kd"] for r in read_history(tmp_path / "student")]
     assert all(value > 0 for value in kd)  # the teacher's forward ran on the workers
 

@@ -28,7 +28,7 @@ from raysys.data.batches import SequenceParts, TrainingRows, window_rows
 from raysys.data.dataset import FIRST_ITEM_INDEX, PreparedDataset
 from raysys.errors import RaysysError
 from raysys.eval.evaluator import evaluate_split, train_items
-from raysys.models.common import SequenceModel
+from raysys.models.common import SequenceModel, mark_id_less
 from raysys.models.export import export_model_dir
 from raysys.train.engines import TrainedModules
 from raysys.train.state import VALID_METRIC
@@ -116,7 +116,7 @@ class Task(ABC):
 
     def evaluator(self, dataset: PreparedDataset) -> Evaluate:
         """evaluate(model, split): full-ranking metrics with NDCG@10 among them (eval mode, restored after)."""
-        eval_cfg = with_k10(self.cfg.eval)
+        eval_cfg = self.evaluator_config()
         splits = {split: dataset.split(split) for split in ("valid", "test")}
         max_len, num_items = self.cfg.data.max_len, dataset.num_items
 
@@ -125,6 +125,10 @@ class Task(ABC):
                 return evaluate_split(model.next_item_scores, splits[split], num_items, eval_cfg, max_len)
 
         return evaluate
+
+    def evaluator_config(self) -> EvalConfig:
+        """The evaluation settings of `evaluator` (the config's, with NDCG@10 among the cut-offs)."""
+        return with_k10(self.cfg.eval)
 
     def export(self, model: nn.Module, out_dir: Path, dataset: PreparedDataset, metrics: dict) -> dict[str, Any]:
         """Write the model directory `out_dir/model`; returns the summary entries it adds."""
@@ -186,6 +190,7 @@ def pin_unseen_item_ids(model: SequenceModel, seen_items: np.ndarray) -> Removab
     with torch.no_grad():
         weight[unseen] = 0.0
     model.items.register_buffer("unseen", unseen, persistent=False)  # moves with the model, never saved
+    mark_id_less(model.items, unseen)  # ranking in validation gives them the model's new_item_boost
     return weight.register_hook(lambda grad: grad.masked_fill(unseen[:, None], 0.0))
 
 
