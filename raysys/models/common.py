@@ -96,6 +96,7 @@ class ItemEmbedding(nn.Module):
         out = self.id_embedding(item_ids)
         if self.training and self.id_dropout > 0:  # each lookup keeps its ID vector with 1 - id_dropout
             keep = torch.rand(item_ids.shape, device=out.device) >= self.id_dropout  # [...]
+            keep |= item_ids < FIRST_ITEM_INDEX  # pad and mask are no items: the mask token keeps its vector
             out = out * keep.unsqueeze(-1).to(out.dtype)
         if self.text_projection is not None:
             out = out + self.text_projection(self.text_emb[item_ids].to(self.text_projection.weight.dtype))

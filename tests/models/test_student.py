@@ -108,6 +108,8 @@ def test_id_dropout_scores_some_lookups_from_text_alone_in_training_only(arch: s
     inputs = items(torch.full((64, MAX_LEN), 5))  # [B, L, H] the same item looked up 512 times
     share = torch.isclose(inputs, text_only[5]).all(dim=-1).float().mean().item()
     assert 0.4 < share < 0.6
+    masks = items(torch.full((64, MAX_LEN), 1))  # the mask token (masked-item pretraining) is never dropped
+    torch.testing.assert_close(masks, (ids[1] + text_only[1]).expand_as(masks))
     items.eval()
     torch.testing.assert_close(items(), ids + text_only)
     # Without text there is nothing to fall back on: the setting does nothing.
