@@ -1,0 +1,335 @@
+"""The durable event log: what the endpoint acknowledges is on disk before the acknowledgement.
+
+Each writer (one per serving replica; the name is in every file it writes) appends records to its
+open segment, a write-ahead file of JSON lines, and `append` returns only once they are fsynced. One
+flusher thread per writer does the fsyncs (group commit): appends that arrive while it syncs wait for
+the next sync together, so a busy writer pays one fsync per group, not per record. Every
+`seal_records` records or `seal_seconds` seconds the flusher seals the segment into Parquet (written
+to a temporary name, fsynced, renamed) and only then removes the write-ahead file. Layout of the log
+directory:
+
+    wal-<writer>-<segment>.jsonl      a writer's open segment (one record per line)
+    seg-<writer>-<segment>.parquet    a sealed segment (RECORD_SCHEMA), never changed again
+    writer-<writer>.lock              held (flock) by the live writer of that name
+
+A writer that starts finds what its previous incarnation left: a write-ahead file whose segment was
+sealed is removed, any other is sealed (a torn last line, a write the crash cut short, was never
+acknowledged and is dropped), and numbering continues after the last record. Records are keyed by
+(writer, seq): `read_log` returns every sealed record and every complete line of the open segments,
+each once.
+
+    with EventLogWriter(root, "replica-a") as log:
+        log.append([event_record("u1", "i42"), item_record("new-1", embedding)])   # durable on return
+    table = read_log(root)               # RECORD_SCHEMA, in (writer, seq) order
+    interactions(table)                  # user_id, item_id, timestamp, event: what training reads
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raysys.errors import RaysysError
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("writer", pa.string()),
+        ("seq", pa.int64()),  # the record's number within its writer: (writer, seq) is unique
+        ("kind", pa.string()),  # "event" | "item"
+        ("user_id", pa.string()),  # events only
+        ("item_id", pa.string()),
+        ("event", pa.string()),  # events only: "click", "skip", ...
+        ("timestamp", pa.float64()),  # seconds since the epoch
+        ("text_embedding", pa.list_(pa.float32())),  # items only
+    ]
+)
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "event")
+WRITER_NAME = re.compile(r"^[A-Za-z0-9_.]+$")  # no "-": file names split on it
+FILE_NAME = re.compile(r"^(wal|seg)-([A-Za-z0-9_.]+)-(\d{8})\.(jsonl|parquet)$")
+
+
+def event_record(user_id: str, item_id: str, event: str = "click", timestamp: float | None = None) -> dict[str, Any]:
+    """One interaction as a log record (timestamp: now when None)."""
+    return {"kind": "event", "user_id": user_id, "item_id": item_id, "event": event, "timestamp": _now(timestamp)}
+
+
+def item_record(item_id: str, text_embedding: np.ndarray, timestamp: float | None = None) -> dict[str, Any]:
+    """One item added to the catalog, with its [text_dim] text embedding, as a log record."""
+    vector = [float(x) for x in np.asarray(text_embedding, dtype=np.float32)]
+    return {"kind": "item", "item_id": item_id, "text_embedding": vector, "timestamp": _now(timestamp)}
+
+
+def _now(timestamp: float | None) -> float:
+    return time.time() if timestamp is None else float(timestamp)
+
+
+class EventLogWriter:
+    """One writer's appends to the log directory `root` (see the module docstring); thread-safe."""
+
+    def __init__(
+        self, root: str | Path, writer: str, *, seal_records: int = 10_000, seal_seconds: float = 60.0
+    ) -> None:
+        if not WRITER_NAME.match(writer):
+            raise RaysysError(f"event log writer name {writer!r} may hold only letters, digits, '_' and '.'")
+        if seal_records < 1 or seal_seconds <= 0:
+            raise RaysysError("seal_records must be >= 1 and seal_seconds > 0", where="event log")
+        self.root, self.writer = Path(root), writer
+        self.seal_records, self.seal_seconds = seal_records, seal_seconds
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _take_writer_lock(self.root / f"writer-{writer}.lock")
+        self.segment, self.next_seq = recover(self.root, writer)
+        self.fsyncs = 0  # fsyncs of write-ahead files so far (the group commit's count)
+        self._cond = threading.Condition()
+        self._records: list[dict[str, Any]] = []  # the open segment's records, kept for sealing
+        self._written = self._durable = 0  # records written to the open file / known fsynced, this process
+        self._opened_at = time.monotonic()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._fd = self._open_segment()
+        self._flusher = threading.Thread(target=self._flush_loop, name=f"event-log-{writer}", daemon=True)
+        self._flusher.start()
+
+    # ------------------------------------------------------------------------------------- writing
+
+    def append(self, records: Sequence[dict[str, Any]]) -> list[int]:
+        """Write `records` (see `event_record`, `item_record`) and return their seqs once they are
+        durable (fsynced). Raises RaysysError if the log cannot be written; nothing was acknowledged then."""
+        with self._cond:
+            self._check_open()
+            stamped = [{**r, "writer": self.writer, "seq": self.next_seq + i} for i, r in enumerate(records)]
+            data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in stamped)
+            _write_all(self._fd, data)
+            self.next_seq += len(stamped)
+            self._records.extend(stamped)
+            self._written += len(stamped)
+            mark = self._written
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._durable >= mark or self._error is not None)
+            if self._durable < mark:
+                raise RaysysError(f"the event log could not be written ({self._error})", where=str(self.root))
+        return [r["seq"] for r in stamped]
+
+    def close(self) -> None:
+        """Seal the open segment (if it holds records) and stop; the writer cannot append after."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._flusher.join()
+        with self._cond:
+            if self._error is None and self._records:
+                self._seal()
+            os.close(self._fd)
+            if not self._records:
+                self._wal(self.segment).unlink(missing_ok=True)  # an empty open segment leaves no file
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> EventLogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RaysysError("the event log writer is closed", where=str(self.root))
+        if self._error is not None:
+            raise RaysysError(f"the event log could not be written ({self._error})", where=str(self.root))
+
+    # --------------------------------------------------------------------------------- the flusher
+
+    def _flush_loop(self) -> None:
+        """Fsync what appends wrote (one fsync per group), seal a full or old segment; on an error
+        wake every waiter with it (their appends raise)."""
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(self._work_due, timeout=self._seconds_to_seal())
+                    if self._closed and self._durable == self._written:
+                        return
+                    target, fd = self._written, self._fd
+                if target > self._durable:
+                    os.fsync(fd)  # outside the lock: appends keep writing the next group meanwhile
+                    with self._cond:
+                        self.fsyncs += 1
+                        self._durable = target
+                        self._cond.notify_all()
+                with self._cond:
+                    if self._records and self._durable == self._written and self._seal_due():
+                        self._seal()
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting append
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def _work_due(self) -> bool:
+        return self._closed or self._written > self._durable or (bool(self._records) and self._seal_due())
+
+    def _seal_due(self) -> bool:
+        return len(self._records) >= self.seal_records or time.monotonic() - self._opened_at >= self.seal_seconds
+
+    def _seconds_to_seal(self) -> float | None:
+        return max(0.01, self.seal_seconds - (time.monotonic() - self._opened_at)) if self._records else None
+
+    # ---------------------------------------------------------------------------------- segments
+
+    def _wal(self, segment: int) -> Path:
+        return self.root / f"wal-{self.writer}-{segment:08d}.jsonl"
+
+    def _open_segment(self) -> int:
+        fd = os.open(self._wal(self.segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _fsync_dir(self.root)
+        self._opened_at = time.monotonic()
+        return fd
+
+    def _seal(self) -> None:
+        """Write the open segment as Parquet, remove its write-ahead file, open the next (lock held)."""
+        seal_segment(self.root, self.writer, self.segment, self._records)
+        os.close(self._fd)
+        self._wal(self.segment).unlink()
+        self._records = []
+        self.segment += 1
+        self._fd = self._open_segment()
+
+
+# ------------------------------------------------------------------------------ segments on disk
+
+
+def seal_segment(root: Path, writer: str, segment: int, records: list[dict[str, Any]]) -> Path:
+    """Write `records` as the sealed segment file (temporary name, fsync, rename, fsync of the directory)."""
+    path = root / f"seg-{writer}-{segment:08d}.parquet"
+    tmp = root / f".{path.name}.tmp"
+    pq.write_table(records_table(records), tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(root)
+    return path
+
+
+def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
+    """Records (dicts) -> a RECORD_SCHEMA table."""
+    return pa.Table.from_pylist([{name: r.get(name) for name in RECORD_SCHEMA.names} for r in records], RECORD_SCHEMA)
+
+
+def recover(root: Path, writer: str) -> tuple[int, int]:
+    """Seal what a previous incarnation of `writer` left open; returns (next segment, next seq)."""
+    for tmp in root.glob(f".seg-{writer}-*.parquet.tmp"):  # a seal the crash cut short: its WAL is still there
+        tmp.unlink()
+    files = _log_files(root, writer)
+    sealed = {seg for kind, seg, _ in files if kind == "seg"}
+    for kind, segment, path in files:
+        if kind != "wal":
+            continue
+        if segment not in sealed:
+            records = read_wal(path)
+            if records:
+                seal_segment(root, writer, segment, records)
+                sealed.add(segment)
+        path.unlink()
+    _fsync_dir(root)
+    if not sealed:
+        return 0, 0
+    last = max(sealed)
+    seqs = pq.read_table(root / f"seg-{writer}-{last:08d}.parquet", columns=["seq"])["seq"]
+    return last + 1, int(pc.max(seqs).as_py()) + 1 if len(seqs) else 0
+
+
+def read_wal(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a write-ahead file; a torn last line (cut short by a crash, so never
+    acknowledged) is left out."""
+    lines = path.read_bytes().split(b"\n")
+    records = []
+    for number, line in enumerate(lines[:-1]):  # the part after the last newline is torn or empty
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise RaysysError(f"line {number + 1} of the write-ahead file is corrupt", where=str(path)) from None
+    return records
+
+
+def read_log(root: str | Path) -> pa.Table:
+    """Every record in the log directory: sealed segments plus the complete lines of open ones, each
+    (writer, seq) once, ordered by writer then seq. An empty table when there is no log yet."""
+    root = Path(root)
+    if not root.is_dir():
+        return RECORD_SCHEMA.empty_table()
+    files = _log_files(root)
+    sealed = {(_writer_of(path), segment) for kind, segment, path in files if kind == "seg"}
+    tables = []
+    for kind, segment, path in files:
+        if kind == "seg":
+            tables.append(pq.read_table(path, schema=RECORD_SCHEMA))
+        elif (_writer_of(path), segment) not in sealed:
+            tables.append(records_table(read_wal(path)))
+    if not tables:
+        return RECORD_SCHEMA.empty_table()
+    table = pa.concat_tables(tables).sort_by([("writer", "ascending"), ("seq", "ascending")])
+    return _drop_repeats(table)
+
+
+def interactions(table: pa.Table) -> pa.Table:
+    """The event records of a log table as interactions (user_id, item_id, timestamp, event), in time order."""
+    events = table.filter(pc.equal(table["kind"], "event")).select(list(INTERACTION_COLUMNS))
+    return events.sort_by([("timestamp", "ascending")])
+
+
+def _drop_repeats(table: pa.Table) -> pa.Table:
+    """Keep the first row of each (writer, seq) in a table sorted by them."""
+    if table.num_rows < 2:
+        return table
+    writer, seq = table["writer"].to_numpy(zero_copy_only=False), table["seq"].to_numpy()
+    first = np.ones(table.num_rows, dtype=bool)
+    first[1:] = (writer[1:] != writer[:-1]) | (seq[1:] != seq[:-1])
+    return table if first.all() else table.filter(pa.array(first))
+
+
+def _log_files(root: Path, writer: str | None = None) -> list[tuple[str, int, Path]]:
+    """(kind "wal" | "seg", segment, path) of the log's files (of one writer), by segment."""
+    out = []
+    for path in root.iterdir():
+        match = FILE_NAME.match(path.name)
+        if match and (writer is None or match.group(2) == writer):
+            out.append((match.group(1), int(match.group(3)), path))
+    return sorted(out, key=lambda f: (f[1], f[0], f[2].name))
+
+
+def _writer_of(path: Path) -> str:
+    return FILE_NAME.match(path.name).group(2)  # type: ignore[union-attr]
+
+
+def _take_writer_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RaysysError("another process is writing the event log under this writer name", where=str(path)) from None
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
