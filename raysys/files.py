@@ -70,3 +70,24 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     """A TCP port that nothing listens on at 127.0.0.1 right now."""
     return free_ports(1)[0]
+
+
+def free_port_block(size: int, low: int = 20_000, high: int = 30_000, tries: int = 200) -> int:
+    """The first of `size` consecutive TCP ports in [low, high) that can all be bound on every address
+    right now, the block chosen at random (so two callers rarely pick the same one)."""
+    import random
+
+    for _ in range(tries):
+        first = random.randrange(low, high - size)
+        if all(_bindable(port) for port in range(first, first + size)):
+            return first
+    raise OSError(f"no {size} consecutive free ports in [{low}, {high})")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True

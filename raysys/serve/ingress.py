@@ -58,6 +58,7 @@ RETRY_AFTER_S = 1
 FALLBACK_TIMEOUT_MS = 500
 FALLBACK_SUFFIX = "-fallback"
 WRAPPER = "raysys-haproxy"
+DIRECT_INGRESS_PORTS = 64  # replicas per node a cluster can place (its own port block, see ingress_env)
 NOT_FOUND = '"{\\"detail\\":\\"Not Found\\"}"'  # a quoted HAProxy string holding {"detail":"Not Found"}
 RETRIED_PATHS = ("/recommend",)  # idempotent reads: safe to replay on another replica
 _NO_L7_RETRY = f"    http-request disable-l7-retry if !{{ path {' '.join(RETRIED_PATHS)} }}"
@@ -81,8 +82,9 @@ def ingress_env(ingress: str, request_timeout_s: float, executable: str | None =
     """The environment variables Ray's processes need for `ingress` ('haproxy' or 'proxy')."""
     if ingress == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
-    from raysys.files import free_port
+    from raysys.files import free_port, free_port_block
 
+    http, grpc = free_port_block(DIRECT_INGRESS_PORTS), free_port_block(DIRECT_INGRESS_PORTS)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -99,6 +101,18 @@ def ingress_env(ingress: str, request_timeout_s: float, executable: str | None =
         # Loopback ports of their own, so two local clusters on one machine do not collide.
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        # The replicas' own HTTP and gRPC ports (HAProxy sends requests straight to them) from a block of
+        # this cluster's, not Ray's shared default 30000-31000: replicas bind with SO_REUSEPORT, so a
+        # second cluster on the machine binding the same port would silently take half of the first
+        # one's connections (seen: `raysys serve` answered by another cluster's replicas).
+        # Serve's fallback proxy (HAProxy's backup backend while no replica is up) likewise: on Ray's fixed
+        # 8500, a second cluster starting on the machine sent its first requests to the first one's app.
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + DIRECT_INGRESS_PORTS),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + DIRECT_INGRESS_PORTS),
     }
 
 

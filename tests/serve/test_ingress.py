@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from raysys.serve.ingress import ERRORS, harden, ingress_env, write_error_files
+from raysys.serve.ingress import DIRECT_INGRESS_PORTS, ERRORS, harden, ingress_env, write_error_files
 
 # The shape Ray 2.60 writes (haproxy_templates.py), trimmed to what the rewrite touches.
 RAY_CONFIG = """global
@@ -101,3 +101,17 @@ def test_ingress_env_names_the_mode_and_its_limits() -> None:
     assert shipped["RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S"] == "3"  # whole seconds, rounded up
     assert shipped["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/bin/true"
     assert shipped["RAY_SERVE_HAPROXY_STATS_PORT"] != shipped["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    # The replicas' direct-ingress ports: a free block of this cluster's own, outside Ray's shared default
+    # (30000-31000), where two clusters on one machine would share ports through SO_REUSEPORT.
+    low, high = (
+        int(shipped["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
+        int(shipped["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]),
+    )
+    assert high - low == DIRECT_INGRESS_PORTS and high <= 30_000
+    other = ingress_env("haproxy", 2.5, executable="/bin/true")
+    grpc = int(shipped["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"])
+    assert {low, grpc} != {
+        int(other["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"]),
+        int(other["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"]),
+    }
+    assert shipped["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] != "8500"  # Ray's fixed default: shared by every cluster
