@@ -261,6 +261,10 @@ class ReplicaOptions(Section):
     max_body_bytes: int = Field(262_144, ge=1024)  # larger request bodies: 413
     torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
     int8: bool = False  # dynamic int8 quantisation of the student's Linear layers (CPU serving)
+    # The durable event log (raysys/serve/event_log.py): /events and /items answer only once their records
+    # are fsynced here, and the live store is rebuilt from it. `raysys serve` and the pipeline's smoke stage
+    # use RUN/event_log; None (a bare `serve deploy`): ~/.cache/raysys/event_log on the replicas' node.
+    event_log: str | None = None
 
 
 class ServeConfig(ReplicaOptions):

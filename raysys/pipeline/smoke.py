@@ -11,7 +11,9 @@ and Serve itself is shut down when this call started it: the pipeline leaves not
 
 from __future__ import annotations
 
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,10 +47,12 @@ def serve_smoke(cfg: ServeConfig, model_dir: Path, *, user_id: str | None = None
         from raysys.cluster import init_ray
         from raysys.serve.ingress import apply_ingress_env
 
-        apply_ingress_env(cfg.serve)
+        apply_ingress_env(cfg)
         init_ray(log_to_driver=False)
     serve_was_running = _get_global_client(raise_if_no_controller_running=False) is not None
-    config = _smoke_config(serve_config(_smoke_serve_cfg(cfg), str(model_dir.resolve())))
+    log = tempfile.mkdtemp(prefix="raysys-smoke-event-log-")  # the smoke posts no events: a throwaway log
+    serve_cfg = _smoke_serve_cfg(cfg).model_copy(update={"event_log": log})
+    config = _smoke_config(serve_config(serve_cfg, str(model_dir.resolve())))
     try:
         deploy(config)
         port = _get_global_client().http_config.port  # an already running Serve keeps its own port
@@ -59,6 +63,7 @@ def serve_smoke(cfg: ServeConfig, model_dir: Path, *, user_id: str | None = None
             serve.delete(SMOKE_APP)
         else:
             serve.shutdown()
+        shutil.rmtree(log, ignore_errors=True)
 
 
 def _first_user(model_dir: Path) -> str:

@@ -78,6 +78,8 @@ def _apply_flags(cfg: Config, args: argparse.Namespace) -> ServeConfig:
         cfg.serve.port = args.port
     if getattr(args, "host", None):
         cfg.serve.host = args.host
+    if cfg.serve.event_log is None:  # the run's own log: the same command, restarted, finds it again
+        cfg.serve.event_log = str((Path(args.out) / "event_log").resolve())
     return cfg.serve
 
 

@@ -6,6 +6,11 @@
 Endpoints (OpenAPI page at /docs): POST /recommend, POST /events, POST /items, GET /healthz,
 GET /metadata. All item and user ids are the original ids of the data.
 
+Writes are durable before they are acknowledged: `/events` and `/items` append their records to the
+replica's writer of the event log (event_log.py; fsynced, group commit) and only then push them to the
+live store, a cache the log rebuilds (state.py). A store that is restarting does not fail a write
+whose record is in the log: it takes it in from the log when it is back.
+
 One replica = one `Recommender`. Its live settings arrive through `user_config` (`reconfigure`):
 the model directory (a new one is loaded beside the old and swapped in, so a hot reload drops no
 request), batching, the history cap, the body size limit and the API key hash (a config naming
@@ -26,6 +31,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +50,9 @@ from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raysys import __version__
+from raysys.errors import RaysysError
 from raysys.models.export import read_model_config
+from raysys.serve.event_log import EventLogWriter, event_record, item_record
 from raysys.serve.metrics import ServeMetrics
 from raysys.serve.schemas import (
     EventsRequest,
@@ -76,6 +84,7 @@ REPLICA_HEADER = "x-raysys-replica"  # which replica answered: for debugging and
 OPEN_PATHS = ("/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
 ENDPOINTS = ("/recommend", "/events", "/items", "/healthz", "/metadata")
 RETRY_AFTER_S = 1
+DEFAULT_EVENT_LOG = "~/.cache/raysys/event_log"  # serve.event_log None: a bare `serve deploy`
 
 
 @serve.deployment(
@@ -105,6 +114,7 @@ class Recommender:
         self.mirror = LiveMirror(self.store, self.replica_tag)  # the store's changes, pushed here
         self._reload_lock = asyncio.Lock()
         self._encoder_task: asyncio.Task | None = None
+        self.log: EventLogWriter | None = None  # this replica's writer of the event log
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
@@ -118,6 +128,7 @@ class Recommender:
         except ValidationError as exc:
             raise ValueError(f"invalid user_config for {DEPLOYMENT_NAME}: {exc}") from None
         settings = await self._settle_api_key(settings)
+        await self._open_log(str(Path(settings.event_log or DEFAULT_EVENT_LOG).expanduser().resolve()))
         self.mirror.start()
         torch.set_num_threads(settings.torch_threads)
         self._recommend_batched.set_max_batch_size(settings.max_batch_size)
@@ -144,6 +155,29 @@ class Recommender:
         if named is None and settings.key_required:
             logger.warning('user_config names no api_key_sha256: the API key stays on ("off" turns it off)')
         return settings
+
+    async def _open_log(self, root: str) -> None:
+        """Write the event log at `root` from now on (this replica's writer, named after it) and tell the
+        live store, which rebuilds from it if it is not its cache yet (every follow tells it too)."""
+        if self.log is not None and str(self.log.root) == root:
+            return
+        name = re.sub(r"[^A-Za-z0-9_.]", "_", self.replica_tag)
+        old, self.log = self.log, await asyncio.to_thread(EventLogWriter, root, name)
+        self.mirror.log_root = root
+        if old is not None:
+            await asyncio.to_thread(old.close)
+        try:
+            await self.store.call("open_log", root, timeout_s=30.0)
+        except StoreUnavailable as exc:
+            logger.warning("live store not told of the event log yet (its next follow will): %s", exc)
+
+    def __del__(self) -> None:
+        """On shutdown: seal this replica's open segment (else the store seals it later, as after a crash)."""
+        if self.log is not None:
+            try:
+                self.log.close()
+            except Exception as exc:  # noqa: BLE001 - shutting down: log, never raise
+                logger.warning("closing the event log writer failed: %s", exc)
 
     def _needs_load(self, settings: ReplicaSettings) -> bool:
         """A new directory or precision, or the same directory re-exported with another model version."""
@@ -209,10 +243,14 @@ class Recommender:
     # ---------------------------------------------------------------------------- /events, /items
 
     async def post_events(self, request: EventsRequest) -> EventsResponse:
+        now = time.time()
+        key = await self._write_log([event_record(request.user_id, i, timestamp=now) for i in request.item_ids])
         try:
-            live = await self.store.call("append_events", request.user_id, request.item_ids, timeout_s=WRITE_TIMEOUT_S)
-        except StoreUnavailable as exc:
-            raise unavailable(exc) from None
+            args = (request.user_id, request.item_ids, key)
+            live = await self.store.call("append_events", *args, timeout_s=WRITE_TIMEOUT_S)
+        except StoreUnavailable as exc:  # durable already: the store takes the events in from the log
+            logger.warning("live store unavailable; events logged, not yet live: %s", exc)
+            live = None
         index = self.model.catalog.index
         unknown = [i for i in request.item_ids if i not in index]
         return EventsResponse(
@@ -230,15 +268,28 @@ class Recommender:
         if request.item_id in model.catalog.index:
             raise HTTPException(409, f"item {request.item_id!r} is already in the catalog")
         embedding = await self._embed_text(request.text)
+        key = await self._write_log([item_record(request.item_id, embedding)])
         try:
-            added = await self.store.call("add_item", request.item_id, embedding, timeout_s=WRITE_TIMEOUT_S)
+            added = await self.store.call("add_item", request.item_id, embedding, key, timeout_s=WRITE_TIMEOUT_S)
             snapshot = await self.store.call("read", [], model.synced_store_items, model.synced_store_epoch)
-        except StoreUnavailable as exc:
-            raise unavailable(exc) from None
+        except StoreUnavailable as exc:  # durable already: this replica takes it now, the others from the log
+            logger.warning("live store unavailable; item logged, added here first: %s", exc)
+            model.add_items([(request.item_id, embedding)])
+            return ItemResponse(item_id=request.item_id, catalog_size=model.catalog.size, model_version=model.version)
         if not added:
             raise HTTPException(409, f"item {request.item_id!r} was already added")
         self._sync_items(model, snapshot)
         return ItemResponse(item_id=request.item_id, catalog_size=model.catalog.size, model_version=model.version)
+
+    async def _write_log(self, records: list[dict[str, Any]]) -> tuple[str, int]:
+        """Append `records` to this replica's event log writer, durably; returns the first one's key
+        (writer, seq). 503 when the log cannot be written: nothing was acknowledged."""
+        log = self.log  # a reconfigure may swap it meanwhile: the key names the writer that wrote
+        try:
+            seqs = await asyncio.to_thread(log.append, records)
+        except RaysysError as exc:
+            raise unavailable(exc) from None
+        return log.writer, seqs[0]
 
     async def _embed_text(self, text: str) -> np.ndarray:
         """[384] MiniLM embedding of `text`; the encoder is loaded on the first /items call."""
@@ -317,7 +368,7 @@ class Recommender:
 
 def unavailable(exc: Exception) -> HTTPException:
     """503 with Retry-After; the reason goes to the log, not to the client (it names internals)."""
-    logger.warning("live store unavailable: %s", exc)
+    logger.warning("unavailable (event log or live store): %s", exc)
     return HTTPException(503, "the event store is unavailable; retry shortly", {"Retry-After": str(RETRY_AFTER_S)})
 
 

@@ -205,6 +205,91 @@ class EventLogWriter:
         self._fd = self._open_segment()
 
 
+# ------------------------------------------------------------------------------------- reading on
+
+
+class AppliedKeys:
+    """Which (writer, seq) a reader has taken in: per writer, everything up to a watermark plus the
+    seqs above it (few: a writer's records arrive nearly in order)."""
+
+    def __init__(self) -> None:
+        self._upto: dict[str, int] = {}  # writer -> every seq < this is in
+        self._above: dict[str, set[int]] = {}
+
+    def add(self, writer: str, seq: int) -> bool:
+        """Mark (writer, seq) as taken in; False if it already was."""
+        upto, above = self._upto.get(writer, 0), self._above.setdefault(writer, set())
+        if seq < upto or seq in above:
+            return False
+        above.add(seq)
+        while upto in above:
+            above.remove(upto)
+            upto += 1
+        self._upto[writer] = upto
+        return True
+
+
+class LogTailer:
+    """Reads a log directory on: each `poll` returns the records not returned before (and not marked
+    with `seen`), sealed segments read once each, open segments from where the last poll stopped."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.keys = AppliedKeys()
+        self._sealed: set[str] = set()  # segment files read
+        self._offsets: dict[str, int] = {}  # write-ahead file -> bytes read (complete lines)
+
+    def seen(self, writer: str, seq: int) -> bool:
+        """Mark a record taken in some other way (pushed by its writer); False if already seen."""
+        return self.keys.add(writer, seq)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """The new records, in (writer, seq) order within each file, files by segment."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for kind, _, path in _log_files(self.root):
+            if kind == "seg" and path.name not in self._sealed:
+                self._sealed.add(path.name)
+                out += pq.read_table(path, schema=RECORD_SCHEMA).to_pylist()
+            elif kind == "wal":
+                out += self._read_tail(path)
+        self._offsets = {name: at for name, at in self._offsets.items() if (self.root / name).exists()}
+        return [r for r in out if self.keys.add(r["writer"], r["seq"])]
+
+    def _read_tail(self, path: Path) -> list[dict[str, Any]]:
+        start = self._offsets.get(path.name, 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except FileNotFoundError:  # sealed meanwhile: its segment file is read next poll
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offsets[path.name] = start + len(complete)
+        return [json.loads(line) for line in complete.splitlines() if line]
+
+
+def seal_orphans(root: str | Path) -> list[str]:
+    """Seal the open segments of writers that are gone (their lock is free: the process died or closed
+    without sealing); returns their names. A live writer's files are left alone."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    sealed = []
+    for writer in sorted({_writer_of(path) for kind, _, path in _log_files(root) if kind == "wal"}):
+        try:
+            fd = _take_writer_lock(root / f"writer-{writer}.lock")
+        except RaysysError:
+            continue  # alive
+        try:
+            recover(root, writer)
+            sealed.append(writer)
+        finally:
+            os.close(fd)
+    return sealed
+
+
 # ------------------------------------------------------------------------------ segments on disk
 
 

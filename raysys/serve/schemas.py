@@ -87,7 +87,10 @@ class EventsRequest(Strict):
 class EventsResponse(BaseModel):
     user_id: str
     appended: int
-    live_events: int = Field(description="events held for this user since the model was trained (capped)")
+    live_events: int | None = Field(
+        description="events held for this user since the model was trained (capped); null when the live store "
+        "is restarting: the events are durable in the event log and reach it from there"
+    )
     unknown_items: list[str] = Field(default_factory=list, description="ids not in the served catalog (still stored)")
 
 

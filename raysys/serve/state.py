@@ -18,7 +18,15 @@ always expires before the store's view of it); outside it, the replica reads the
 one actor call per batch). A stalled replica therefore delays writes by at most a lease, never
 serves stale data, and a fresh store (after a crash; its `epoch` changes) sends each mirror a full
 copy. Events are keyed by original ids, so they survive a hot reload to a model with another
-vocabulary. The store keeps everything in memory: a restarted store starts empty.
+vocabulary.
+
+The store is a cache of the durable event log (event_log.py): replicas write each record to the log
+before they acknowledge it, then push it here with its log key (writer, seq). The store learns the
+log's directory from the replicas (`open_log`, also sent with every `follow`), rebuilds its state from
+the log then (so a restarted store comes back with every acknowledged event and item), and from then
+on tails the log, taking in what no push brought (a push that failed, a replica that died between its
+write and its push); the keys make every record count once. It also seals the open segments of
+replicas that died.
 """
 
 from __future__ import annotations
@@ -34,12 +42,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from raysys.serve.event_log import LogTailer, seal_orphans
+
 logger = logging.getLogger("ray.serve")
 
 LEASE_S = 2.0  # how long a mirror's acknowledged state counts as current
 LEASE_MARGIN_S = 0.5  # the store's view of a lease outlasts the mirror's by this much
 FOLLOW_WAIT_S = 0.5  # a follow call is answered after at most this long, changes or not
 MAX_DELTAS = 10_000  # changes kept for mirrors that are behind; older: a full copy
+TAIL_S = 1.0  # how often the store reads the log on (records no push brought)
+SEAL_ORPHANS_S = 10.0  # how often it seals the open segments of writers that died
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,10 @@ class LiveStore:
         self._followers: dict[str, tuple[int, float]] = {}  # mirror -> (acknowledged version, lease end)
         self._changed: asyncio.Condition | None = None  # created on the actor's event loop
         self._api_key_sha256: str | None = None  # the last one a replica was configured with
+        self.log_root: str | None = None  # the event log this store is a cache of (None: not told yet)
+        self._tailer: LogTailer | None = None
+        self._tail_task: asyncio.Task | None = None
+        self._opening: asyncio.Lock | None = None
 
     def api_key(self, configured: str | None) -> str | None:
         """The API key hash in force: `configured` when given (it becomes the one in force), else
@@ -140,27 +156,65 @@ class LiveStore:
 
     # ------------------------------------------------------------------ the interface replicas call
 
-    async def append_events(self, user_id: str, item_ids: list[str]) -> int:
-        """Append `item_ids` for `user_id`; returns the user's event count once every mirror has it."""
-        count = self.state.append_events(user_id, item_ids)
-        await self._publish("events", user_id, list(item_ids))
-        return count
+    async def append_events(self, user_id: str, item_ids: list[str], key: tuple[str, int] | None = None) -> int:
+        """Append `item_ids` for `user_id`; returns the user's event count once every mirror has it.
+        `key` (writer, seq of the first item): the log records they are; any already taken in are skipped."""
+        item_ids = [i for n, i in enumerate(item_ids) if self._new_record(key, n)]
+        if item_ids:
+            self.state.append_events(user_id, item_ids)
+            await self._publish("events", user_id, list(item_ids))
+        return len(self.state.events.get(user_id, ()))
 
-    async def add_item(self, item_id: str, text_embedding: np.ndarray) -> bool:
+    async def add_item(self, item_id: str, text_embedding: np.ndarray, key: tuple[str, int] | None = None) -> bool:
         """Add an item (False if the id was added before); returns once every mirror has it."""
+        self._new_record(key, 0)
         if not self.state.add_item(item_id, text_embedding):
             return False
         await self._publish("item", item_id, self.state.items[-1][1])
         return True
+
+    async def open_log(self, root: str) -> None:
+        """Become the cache of the event log at `root`: rebuild the state from it (a new epoch, so every
+        mirror gets a full copy) and tail it. No-op when already so."""
+        if root == self.log_root:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if root == self.log_root:
+                return
+            tailer = LogTailer(root)
+            await asyncio.to_thread(seal_orphans, root)
+            records = sorted(await asyncio.to_thread(tailer.poll), key=lambda r: r["timestamp"])
+            state = LiveState(self.state.max_events_per_user, self.state.max_users)
+            for kind, key, payload in group_records(records):
+                if kind == "events":
+                    state.append_events(key, payload)
+                else:
+                    state.add_item(key, payload)
+            self.state, self._tailer, self.log_root = state, tailer, root
+            self.epoch, self.version = uuid.uuid4().hex, self.version + 1
+            self._deltas.clear()
+            users, items = len(state.events), len(state.items)
+            logger.info("live store: %d users, %d items from the event log %s", users, items, root)
+            if self._tail_task is not None:
+                self._tail_task.cancel()
+            self._tail_task = asyncio.get_running_loop().create_task(self._tail())
 
     def read(self, user_ids: list[str], known_items: int, epoch: str | None = None) -> LiveSnapshot:
         """A direct read, for a replica whose mirror is not current. `known_items` counts the items
         of store `epoch` the reader has (with another epoch's count, every item is new)."""
         return self.state.read(user_ids, known_items if epoch in (None, self.epoch) else 0, self.epoch)
 
-    async def follow(self, mirror: str, epoch: str, since: int, wait_s: float = FOLLOW_WAIT_S) -> Update:
+    async def follow(
+        self, mirror: str, epoch: str, since: int, wait_s: float = FOLLOW_WAIT_S, log_root: str | None = None
+    ) -> Update:
         """Acknowledge `since` for `mirror` and renew its lease; answer with the changes after it as
-        soon as there are any, or after `wait_s` with none."""
+        soon as there are any, or after `wait_s` with none. `log_root`: the event log the replica
+        writes (a store that is no log's cache yet, e.g. just restarted, becomes its cache first; a
+        change of log comes through `open_log`, from a reconfigured replica)."""
+        if log_root is not None and self.log_root is None:
+            await self.open_log(log_root)
         acknowledged = since if epoch == self.epoch else -1
         self._followers[mirror] = (acknowledged, time.monotonic() + self.lease_s + LEASE_MARGIN_S)
         async with self._condition():
@@ -179,6 +233,33 @@ class LiveStore:
         return {"users": len(self.state.events), "items": len(self.state.items), "mirrors": mirrors}
 
     # ------------------------------------------------------------------ internals
+
+    def _new_record(self, key: tuple[str, int] | None, offset: int) -> bool:
+        """Whether log record (writer, seq + offset) is new here (always, for a store not tailing a log)."""
+        if key is None or self._tailer is None:
+            return True
+        return self._tailer.seen(key[0], key[1] + offset)
+
+    async def _tail(self) -> None:
+        """Take in the log's records that no push brought, every TAIL_S; seal dead writers' segments."""
+        last_sweep = time.monotonic()
+        tailer = self._tailer
+        while True:
+            await asyncio.sleep(TAIL_S)
+            try:
+                if time.monotonic() - last_sweep > SEAL_ORPHANS_S:
+                    await asyncio.to_thread(seal_orphans, tailer.root)
+                    last_sweep = time.monotonic()
+                records = await asyncio.to_thread(tailer.poll)
+            except Exception as exc:  # noqa: BLE001 - a bad read must not end the tailing
+                logger.warning("live store: reading the event log failed: %s", exc)
+                continue
+            for kind, key, payload in group_records(records):
+                if kind == "events":
+                    self.state.append_events(key, payload)
+                elif not self.state.add_item(key, payload):
+                    continue
+                await self._publish(kind, key, payload if kind == "events" else self.state.items[-1][1])
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
@@ -262,6 +343,7 @@ class LiveMirror:
         self.version = 0
         self.current_until = 0.0  # monotonic time until which local reads are allowed
         self.lost = False  # the last follow failed (logged once per outage)
+        self.log_root: str | None = None  # the event log the replica writes, told to the store with each follow
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -279,9 +361,8 @@ class LiveMirror:
         while True:
             sent = time.monotonic()
             try:
-                update = await self.client.call(
-                    "follow", self.name, self.epoch, self.version, FOLLOW_WAIT_S, timeout_s=FOLLOW_WAIT_S + 2.0
-                )
+                args = (self.name, self.epoch, self.version, FOLLOW_WAIT_S, self.log_root)
+                update = await self.client.call("follow", *args, timeout_s=FOLLOW_WAIT_S + 2.0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store is restarting or unreachable: read it directly meanwhile
@@ -301,3 +382,17 @@ class LiveMirror:
             for delta in update.deltas:
                 self.state.apply(delta)
         self.epoch, self.version = update.epoch, update.version
+
+
+def group_records(records: list[dict[str, Any]]) -> list[tuple[Literal["events", "item"], str, Any]]:
+    """Log records -> state changes: ("events", user, [item ids]) for each run of one user's event
+    records, ("item", item id, [text_dim] float32 embedding) for each item record."""
+    out: list[tuple[Literal["events", "item"], str, Any]] = []
+    for r in records:
+        if r["kind"] == "item":
+            out.append(("item", r["item_id"], np.asarray(r["text_embedding"], dtype=np.float32)))
+        elif out and out[-1][0] == "events" and out[-1][1] == r["user_id"]:
+            out[-1][2].append(r["item_id"])
+        else:
+            out.append(("events", r["user_id"], [r["item_id"]]))
+    return out

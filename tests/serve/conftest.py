@@ -115,12 +115,16 @@ class ServedApp:
 
 
 @pytest.fixture(scope="session")
-def served(ray_session, model_dirs: dict[str, Path]):
-    """Two replicas of the text model; 3 s request timeout (cluster-wide, fixed at Serve start)."""
+def served(ray_session, model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """Two replicas of the text model; 3 s request timeout (cluster-wide, fixed at Serve start); the
+    session's own event log."""
     from ray import serve
 
     port = free_port()
-    base = ServeConfig(port=port, num_replicas=2, num_cpus=0.5, request_timeout_s=3.0, max_ongoing_requests=16)
+    log = str(tmp_path_factory.mktemp("event-log"))
+    base = ServeConfig(
+        port=port, num_replicas=2, num_cpus=0.5, request_timeout_s=3.0, max_ongoing_requests=16, event_log=log
+    )
     app = ServedApp(url=f"http://127.0.0.1:{port}", base=base, model_dirs=model_dirs)
     app.configure()
     yield app

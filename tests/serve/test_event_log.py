@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 from raysys.errors import RaysysError
-from raysys.serve.event_log import EventLogWriter, event_record, interactions, item_record, read_log
+from raysys.serve.event_log import (
+    EventLogWriter,
+    LogTailer,
+    event_record,
+    interactions,
+    item_record,
+    read_log,
+    seal_orphans,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,3 +149,29 @@ def test_a_writer_killed_mid_write_keeps_every_acknowledged_record_once(tmp_path
     after = read_log(tmp_path)["seq"].to_pylist()
     assert files(tmp_path, "wal-*") == [] and after == sorted(set(seen))
     assert after == list(range(len(after)))  # nothing skipped: every written record is a whole line
+
+
+def test_a_tailer_returns_each_record_once_across_tails_seals_and_pushes(tmp_path: Path) -> None:
+    tailer = LogTailer(tmp_path)
+    assert tailer.poll() == []
+    log = EventLogWriter(tmp_path, "r0", seal_records=4)
+    log.append([event_record("u", f"i{i}") for i in range(3)])
+    assert [r["item_id"] for r in tailer.poll()] == ["i0", "i1", "i2"]  # from the open segment
+    assert tailer.seen("r0", 3) and not tailer.seen("r0", 3)  # record 3 pushed to the reader directly
+    log.append([event_record("u", "i3"), event_record("u", "i4")])  # 5 records >= 4: sealed
+    log.close()
+    assert [r["item_id"] for r in tailer.poll()] == ["i4"]  # 0..2 read, 3 pushed: only 4 is new
+    assert tailer.poll() == []
+
+
+def test_orphaned_segments_are_sealed_and_live_writers_left_alone(tmp_path: Path) -> None:
+    live = EventLogWriter(tmp_path, "alive")
+    live.append([event_record("u", "a")])
+    (tmp_path / "wal-dead-00000000.jsonl").write_text(
+        json.dumps({**event_record("u", "b"), "writer": "dead", "seq": 0}) + "\n"
+    )
+    assert seal_orphans(tmp_path) == ["dead"]
+    assert files(tmp_path, "*.jsonl") == ["wal-alive-00000000.jsonl"]
+    assert files(tmp_path, "seg-*") == ["seg-dead-00000000.parquet"]
+    live.close()
+    assert sorted(read_log(tmp_path)["item_id"].to_pylist()) == ["a", "b"]

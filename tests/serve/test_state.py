@@ -106,3 +106,35 @@ def test_a_new_store_sends_a_full_copy_and_remembers_the_api_key() -> None:
         assert new.api_key(None) is None and new.api_key("ab" * 32) == "ab" * 32 and new.api_key(None) == "ab" * 32
 
     asyncio.run(scenario())
+
+
+def test_the_store_is_rebuilt_from_the_event_log_and_takes_each_record_once(tmp_path, monkeypatch) -> None:
+    from raysys.serve.event_log import EventLogWriter, event_record, item_record
+
+    monkeypatch.setattr(state, "TAIL_S", 0.05)
+
+    async def scenario() -> None:
+        log = EventLogWriter(tmp_path, "r0")
+        log.append([event_record("u", "a", timestamp=1.0), event_record("u", "b", timestamp=2.0)])
+        log.append([item_record("new", np.ones(4), timestamp=3.0)])
+        store = LiveStore()
+        assert await store.append_events("u", ["early"]) == 1  # before it knows the log: dropped at the rebuild
+        epoch = store.epoch
+        await store.open_log(str(tmp_path))  # what a restarted store does when a replica tells it the log
+        assert store.epoch != epoch and store.stats()["items"] == 1
+        assert store.read(["u"], 0).events == {"u": ["a", "b"]}
+        # A replica writes, then pushes with the records' key: taken in once, whether the push or the
+        # tail comes first; a record no push brought (the push failed) arrives through the tail.
+        (seq,) = log.append([event_record("u", "c")])
+        assert await store.append_events("u", ["c"], ("r0", seq)) == 3
+        log.append([event_record("u", "d")])  # never pushed
+        deadline = time.monotonic() + 5
+        while store.read(["u"], 0).events["u"][-1] != "d" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await store.append_events("u", ["d"], ("r0", seq + 1)) == 4  # a late push: already in
+        assert store.read(["u"], 0).events == {"u": ["a", "b", "c", "d"]}
+        assert not await store.add_item("new", np.ones(4), ("r0", 2))
+        log.close()
+        store._tail_task.cancel()
+
+    asyncio.run(scenario())

@@ -1,0 +1,64 @@
+"""What the endpoint acknowledges is never lost (issue 17): events posted to /events and items posted to
+/items survive a killed live store (it comes back rebuilt from the event log), are accepted while it is
+down, and are in the log exactly once each."""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow.compute as pc
+import pytest
+from test_app import post, ranked
+
+from raysys.models.export import load_model_dir
+from raysys.serve.event_log import interactions, read_log
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def kill_the_store() -> None:
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "live_store" in a["name"]]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"))
+
+
+def eventually(check, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check()
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_acknowledged_events_and_items_survive_a_killed_store(served, brute_force) -> None:
+    served.configure(num_replicas=2)
+    offline = load_model_dir(served.model_dirs["text"])
+    posted = {f"u{n}": [f"i{100 + n}", f"i{120 + n}"] for n in range(20, 26)}
+    for user, items in list(posted.items())[:4]:
+        assert post(served, "/events", {"user_id": user, "item_ids": items}).status_code == 200
+    text = "A film about a storm chaser and her drone."
+    assert post(served, "/items", {"item_id": "storm", "text": text}).status_code == 200
+    kill_the_store()
+    for user, items in list(posted.items())[4:]:  # while the store is dead or coming back: still acknowledged
+        answer = post(served, "/events", {"user_id": user, "item_ids": items})
+        assert answer.status_code == 200, answer.text
+
+    def every_user_reflects_its_events() -> None:
+        for user, items in posted.items():
+            expected = [i for i, _ in brute_force(offline, [*offline.user_histories[user], *items], 10)[0]]
+            assert ranked(post(served, "/recommend", {"user_id": user, "k": 10})) == expected, user
+        assert "storm" in ranked(post(served, "/recommend", {"history": ["i1"], "k": 1000}))
+
+    eventually(every_user_reflects_its_events)
+    logged = interactions(read_log(served.base.event_log))
+    pairs = [(u, i) for u, i in zip(logged["user_id"].to_pylist(), logged["item_id"].to_pylist(), strict=True)]
+    mine = [p for p in pairs if p[0] in posted]
+    assert sorted(mine) == sorted((u, i) for u, items in posted.items() for i in items)  # all, once each
+    items = read_log(served.base.event_log)
+    assert items.filter(pc.equal(items["kind"], "item"))["item_id"].to_pylist().count("storm") == 1
