@@ -199,10 +199,14 @@ class SequenceModel(nn.Module, metaclass=ABCMeta):
         """[num_items, H]: ID embedding + projected text embedding when the model uses text."""
         return self.items()
 
+    def recent(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> [B, min(L, max_len)]: the most recent max_len items, on the model's device (an
+        evaluator's CPU batch for a model on the GPU)."""
+        return input_ids[:, -self.max_len :].to(self.items.id_embedding.weight.device)
+
     def user_state(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """[B, L] -> [B, H]: the hidden state that predicts the item after the history (histories
-        longer than max_len keep their most recent max_len items)."""
-        return self.encode(input_ids[:, -self.max_len :])[:, -1]
+        """[B, L] -> [B, H]: the hidden state that predicts the item after the history (`recent`)."""
+        return self.encode(self.recent(input_ids))[:, -1]
 
     def next_item_scores(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] -> [B, num_items] scores for the item after the last position (ranking: ID-less items

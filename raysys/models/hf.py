@@ -125,7 +125,7 @@ class HFSequenceModel(SequenceModel):
         """[B, L] -> [B, H]. BERT appends the mask token after the history and reads the mask
         position, as BERT4Rec does; a full window (L = max_len) is shifted left by one first so the
         length stays max_len (dropping the oldest column, which is padding unless the history is full)."""
-        input_ids = input_ids[:, -self.max_len :]
+        input_ids = self.recent(input_ids)
         if not self.is_causal:
             keep = input_ids[:, 1:] if input_ids.shape[1] >= self.max_len else input_ids
             input_ids = torch.cat([keep, torch.full_like(input_ids[:, :1], MASK_INDEX)], dim=1)

@@ -36,11 +36,14 @@ def global_batch(cfg: Config, stage: Stage) -> Config:
     return cfg.model_copy(update={section: wide})
 
 
-def local_run(task: Task, dataset: PreparedDataset, text_emb: torch.Tensor | None = None) -> Run:
-    """The task set up in this process on every user's rows: seeded modules, plain engine, evaluator."""
+def local_run(
+    task: Task, dataset: PreparedDataset, text_emb: torch.Tensor | None = None, device: torch.device | str = "cpu"
+) -> Run:
+    """The task set up in this process on every user's rows: seeded modules (on `device`), plain
+    engine, evaluator."""
     task.check(dataset)
     text_emb = text_emb if text_emb is not None else task.text_emb(dataset)
-    modules = build_modules(task, dataset, text_emb)
+    modules = build_modules(task, dataset, text_emb, device)
     rows, num_rows = table_rows(task, dataset.sequences(task.columns(dataset)), dataset.num_items)
     cfg = task.train_cfg
     engine = PlainEngine(modules, cfg, cfg.epochs * steps_per_epoch(num_rows, cfg.batch_size, cfg.grad_accum))
@@ -54,13 +57,14 @@ def train_local(
     *,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     test: bool = False,
+    device: torch.device | str = "cpu",
 ) -> TrainOutcome:
     """Train the stage's task in this process; keep the epoch with the best validation metric.
 
     on_epoch(record) sees each epoch's history record as it is made; test: also measure the best
-    weights on the test split (`outcome.test`).
+    weights on the test split (`outcome.test`); device: where the model trains (a benchmark's GPU).
     """
-    run = local_run(task_for(resolve_auto(cfg, stage, dataset)[0], stage), dataset)
+    run = local_run(task_for(resolve_auto(cfg, stage, dataset)[0], stage), dataset, device=device)
     state = TrainState()
 
     def report(state: TrainState, best: dict[str, torch.Tensor], record: dict[str, Any]) -> None:

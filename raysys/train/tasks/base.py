@@ -191,7 +191,8 @@ def pin_unseen_item_ids(model: SequenceModel, seen_items: np.ndarray) -> Removab
         weight[unseen] = 0.0
     model.items.register_buffer("unseen", unseen, persistent=False)  # moves with the model, never saved
     mark_id_less(model.items, unseen)  # ranking in validation gives them the model's new_item_boost
-    return weight.register_hook(lambda grad: grad.masked_fill(unseen[:, None], 0.0))
+    items = model.items  # the hook reads the buffer, which follows the model to its device
+    return weight.register_hook(lambda grad: grad.masked_fill(items.unseen[:, None], 0.0))
 
 
 class eval_mode:
