@@ -44,12 +44,16 @@ class DataConfig(Section):
     """Where the interaction log is and how it is read, validated, filtered and split."""
 
     path: str | None = None  # file, directory or glob; None = generate the synthetic default
-    format: Literal["auto", "parquet", "csv", "movielens", "recbole", "sequence", "synthetic"] = "auto"
+    format: Literal["auto", "parquet", "csv", "movielens", "recbole", "sequence", "event_log", "synthetic"] = "auto"
     user_col: str = "user_id"
     item_col: str = "item_id"
     time_col: str = "timestamp"
     rating_col: str | None = "rating"  # optional column; missing in the file is fine
     event_col: str | None = None  # optional event type column (e.g. click / purchase / dislike)
+    # Event types that are not positives (a skip, a dislike): with an event column (data.event_col, or a
+    # served event log) their rows are left out of the prepared sequences, so training never learns them
+    # as choices; the served live histories leave them out too. Logs without event types are all positives.
+    negative_events: list[str] = ["skip", "dislike"]
     csv_delimiter: str = ","
     item_path: str | None = None  # optional item side file (item id + text fields)
     item_text_fields: list[str] | None = None  # None = every text field the item file has
@@ -261,7 +265,7 @@ class ReplicaOptions(Section):
     max_body_bytes: int = Field(262_144, ge=1024)  # larger request bodies: 413
     torch_threads: int = Field(1, ge=1)  # intra-op threads per replica
     int8: bool = False  # dynamic int8 quantisation of the student's Linear layers (CPU serving)
-    # The durable event log (raysys/serve/event_log.py): /events and /items answer only once their records
+    # The durable event log (raysys/data/event_log.py): /events and /items answer only once their records
     # are fsynced here, and the live store is rebuilt from it. `raysys serve` and the pipeline's smoke stage
     # use RUN/event_log; None (a bare `serve deploy`): ~/.cache/raysys/event_log on the replicas' node.
     event_log: str | None = None

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from raysys.serve.event_log import EventLogWriter, event_record, read_log
+from raysys.data.event_log import EventLogWriter, event_record, read_log
 from raysys.serve.state import LiveState
 
 

@@ -22,6 +22,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from raysys.data.event_log import read_events_file
 from raysys.data.sources import LINE_DELIMITER, LogFile, LogSource, arrow_message
 from raysys.data.validate import (
     FileRows,
@@ -58,7 +59,7 @@ class InteractionLogDatasource(Datasource):
             meta = BlockMetadata(
                 num_rows=file.num_rows, size_bytes=rows * BYTES_PER_ROW, exec_stats=None, input_files=[file.path]
             )
-            read = partial(read_log_file, file, self._on_bad_rows)
+            read = partial(read_log_file, file, self._on_bad_rows, self._source.negative_events)
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
@@ -69,8 +70,9 @@ def read_interactions(source: LogSource, on_bad_rows: str) -> ray.data.Dataset:
     return ray.data.read_datasource(datasource, override_num_blocks=len(source.files))
 
 
-def read_log_file(file: LogFile, on_bad_rows: str) -> Iterator[pa.Table]:
-    """Normalized blocks of one LogFile (runs inside a Ray read task).
+def read_log_file(file: LogFile, on_bad_rows: str, negative_events: tuple[str, ...] = ()) -> Iterator[pa.Table]:
+    """Normalized blocks of one LogFile (runs inside a Ray read task), without the rows whose event
+    type is one of `negative_events`.
 
     Never raises for a problem in the data: bad rows are marked (with on_bad_rows='fail' the file is
     not read past the first block holding one, since the run will stop), and a file that cannot be
@@ -80,7 +82,7 @@ def read_log_file(file: LogFile, on_bad_rows: str) -> Iterator[pa.Table]:
     try:
         for first_row, raw in _raw_tables(file):
             block = normalize_rows(raw, file.rows, first_row)
-            yield block
+            yield drop_events(block, negative_events)
             row = first_row + raw.num_rows
             if on_bad_rows == "fail" and pc.max(block["reason"]).as_py():
                 return
@@ -125,6 +127,8 @@ def _raw_tables(file: LogFile) -> Iterator[tuple[int, pa.Table]]:
     """(first row, raw table with canonical column names) per batch of a file."""
     if file.kind == "parquet":
         yield from _parquet_tables(file)
+    elif file.kind == "event_log":
+        yield 0, read_events_file(file.path)
     elif file.kind == "sequence":
         yield from _sequence_tables(file)
     else:
@@ -163,6 +167,14 @@ def _text_tables(file: LogFile) -> Iterator[tuple[int, pa.Table]]:
     for batch in reader:
         yield row, pa.Table.from_batches([batch]).rename_columns([names[n] for n in batch.schema.names])
         row += batch.num_rows
+
+
+def drop_events(block: pa.Table, events: tuple[str, ...]) -> pa.Table:
+    """The block without the rows whose event type is in `events` (rows without one are kept)."""
+    if not events or "event" not in block.column_names:
+        return block
+    values = pc.cast(block["event"], pa.string())
+    return block.filter(pc.invert(pc.fill_null(pc.is_in(values, pa.array(events, pa.string())), False)))
 
 
 def _sequence_tables(file: LogFile) -> Iterator[tuple[int, pa.Table]]:

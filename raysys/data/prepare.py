@@ -361,6 +361,7 @@ def _manifest(
         "has_text": has_text,
         "has_ratings": source.has_ratings,
         "has_events": source.has_events,
+        "negative_events": list(cfg.negative_events),  # the policy (rows left out when the log has events)
         "outputs": outputs,
     }
 

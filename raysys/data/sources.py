@@ -8,6 +8,8 @@ Formats (`data.format`; "auto" detects from the path, and no path at all means "
                item text from u.item / movies.dat / movies.csv beside them
     recbole    RecBole atomic files: <name>.inter (tab, header `field:type`); item text from <name>.item
     sequence   one user per line: `user item item ...` in time order; the timestamp is the position
+    event_log  the serving event log's directory (serve.event_log; raysys/data/event_log.py): its event
+               records, with their event types; one read task per segment
     synthetic  raysys.data.synthetic.generate_logs(data.synthetic), cached under data.cache_dir
 
 `data.path` is one file, a directory or a glob. `resolve_source` turns the data config into a
@@ -30,6 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysys.config import DataConfig, config_hash
+from raysys.data.event_log import FILE_NAME as EVENT_LOG_FILE
+from raysys.data.event_log import INTERACTION_COLUMNS, readable_files
 from raysys.data.validate import (
     FileRows,
     check_columns,
@@ -41,6 +45,7 @@ from raysys.errors import RaysysError
 ROWS_PER_READ_TASK = 2_000_000  # Parquet row groups are grouped into read tasks of about this many rows
 MOVIELENS_NAMES = ("u.data", "ratings.dat", "ratings.csv")
 MOVIELENS_ITEM_FILES = {"ml-100k": "u.item", "ml-1m": "movies.dat", "ml-csv": "movies.csv"}
+EVENT_LOG_COLUMNS = {name: name for name in INTERACTION_COLUMNS}  # canonical names already
 LINE_DELIMITER = "\x1f"  # a delimiter that never occurs, to read whole lines with the CSV reader
 
 
@@ -63,7 +68,7 @@ class LogFile:
     @property
     def rows(self) -> FileRows:
         """How this file's rows are numbered and named in messages."""
-        unit = {"parquet": "row", "sequence": "interaction"}.get(self.kind, "line")
+        unit = {"parquet": "row", "sequence": "interaction", "event_log": "record"}.get(self.kind, "line")
         return FileRows(self.path, self.file_index, self.header_lines, unit, self.columns)
 
 
@@ -87,6 +92,7 @@ class LogSource:
     has_ratings: bool
     has_events: bool
     item_file: ItemFile | None = None
+    negative_events: tuple[str, ...] = ()  # event types left out of the rows (data.negative_events), with events
 
     @property
     def input_paths(self) -> list[str]:
@@ -116,18 +122,25 @@ def resolve_source(cfg: DataConfig) -> LogSource:
     paths = _list_files(fmt, roots, cfg.path)
     if fmt == "parquet":
         files = _parquet_files(paths, cfg)
+    elif fmt == "event_log":
+        files = tuple(
+            LogFile(path, "event_log", i, dict(EVENT_LOG_COLUMNS), header_lines=0) for i, path in enumerate(paths)
+        )
     else:
         files = tuple(_text_file(path, fmt, i, cfg) for i, path in enumerate(paths))
     has_ratings = _optional_column(files, "rating", cfg.rating_col, required=False)
-    has_events = _optional_column(files, "event", cfg.event_col, required=True)
+    has_events = fmt == "event_log" or _optional_column(files, "event", cfg.event_col, required=True)
     files = tuple(_drop_absent(f, has_ratings, has_events) for f in files)
     item_file = _item_file(cfg, fmt, files)
-    return LogSource(format=fmt, files=files, has_ratings=has_ratings, has_events=has_events, item_file=item_file)
+    negative = tuple(cfg.negative_events) if has_events else ()
+    return LogSource(fmt, files, has_ratings, has_events, item_file, negative)
 
 
 def detect_format(path: Path) -> str:
     """The format of a file or directory, from names, suffixes and (for ratings.csv) the header."""
     names = [p.name for p in sorted(path.iterdir())] if path.is_dir() else [path.name]
+    if any(EVENT_LOG_FILE.match(n) for n in names):
+        return "event_log"
     suffixes = {Path(n).suffix.lower() for n in names}
     if ".inter" in suffixes:
         return "recbole"
@@ -178,6 +191,8 @@ def _log_files_in(fmt: str, folder: Path) -> list[Path]:
     def visible(paths: list[Path]) -> list[Path]:
         return sorted(p for p in paths if p.is_file() and not p.name.startswith((".", "_")))
 
+    if fmt == "event_log":
+        return readable_files(folder)
     if fmt == "parquet":
         return visible([*folder.rglob("*.parquet"), *folder.rglob("*.pq")])
     if fmt == "csv":

@@ -39,7 +39,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from raysys import __version__
-from raysys.config import StudentConfig, TeacherConfig
+from raysys.config import DataConfig, StudentConfig, TeacherConfig
 from raysys.data.dataset import FIRST_ITEM_INDEX, PreparedDataset
 from raysys.errors import RaysysError
 from raysys.files import write_json_atomic
@@ -102,7 +102,13 @@ def export_model_dir(
         "model_version": model_version or f"{kind}-{trained_at.replace(':', '').replace('-', '')}",
         "trained_at": trained_at,
         "raysys_version": __version__,
-        "dataset": {"path": str(dataset.path), "key": dataset.manifest.get("key"), "num_users": dataset.num_users},
+        "dataset": {
+            "path": str(dataset.path),
+            "key": dataset.manifest.get("key"),
+            "num_users": dataset.num_users,
+            # event types that are not positives (data.negative_events): serving keeps them out of histories
+            "negative_events": dataset.manifest.get("negative_events", DataConfig().negative_events),
+        },
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))

@@ -50,9 +50,9 @@ from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raysys import __version__
+from raysys.data.event_log import EventLogWriter, event_record, item_record
 from raysys.errors import RaysysError
 from raysys.models.export import read_model_config
-from raysys.serve.event_log import EventLogWriter, event_record, item_record
 from raysys.serve.metrics import ServeMetrics
 from raysys.serve.schemas import (
     EventsRequest,
@@ -65,7 +65,7 @@ from raysys.serve.schemas import (
     RecommendResponse,
     ScoredItem,
 )
-from raysys.serve.scoring import Query, ServingModel
+from raysys.serve.scoring import Query, ServingModel, negative_events
 from raysys.serve.settings import DEPLOYMENT_NAME, ReplicaSettings
 from raysys.serve.state import (
     WRITE_TIMEOUT_S,
@@ -128,7 +128,8 @@ class Recommender:
         except ValidationError as exc:
             raise ValueError(f"invalid user_config for {DEPLOYMENT_NAME}: {exc}") from None
         settings = await self._settle_api_key(settings)
-        await self._open_log(str(Path(settings.event_log or DEFAULT_EVENT_LOG).expanduser().resolve()))
+        negative = negative_events(read_model_config(Path(settings.model_dir)))
+        await self._open_log(str(Path(settings.event_log or DEFAULT_EVENT_LOG).expanduser().resolve()), negative)
         self.mirror.start()
         torch.set_num_threads(settings.torch_threads)
         self._recommend_batched.set_max_batch_size(settings.max_batch_size)
@@ -156,9 +157,11 @@ class Recommender:
             logger.warning('user_config names no api_key_sha256: the API key stays on ("off" turns it off)')
         return settings
 
-    async def _open_log(self, root: str) -> None:
+    async def _open_log(self, root: str, negative: list[str]) -> None:
         """Write the event log at `root` from now on (this replica's writer, named after it) and tell the
-        live store, which rebuilds from it if it is not its cache yet (every follow tells it too)."""
+        live store, which rebuilds from it if it is not its cache yet (every follow tells it too), with
+        the event types it keeps out of histories (`negative`, the model's)."""
+        self.mirror.negative_events = negative
         if self.log is not None and str(self.log.root) == root:
             return
         name = re.sub(r"[^A-Za-z0-9_.]", "_", self.replica_tag)
@@ -167,7 +170,7 @@ class Recommender:
         if old is not None:
             await asyncio.to_thread(old.close)
         try:
-            await self.store.call("open_log", root, timeout_s=30.0)
+            await self.store.call("open_log", root, negative, timeout_s=30.0)
         except StoreUnavailable as exc:
             logger.warning("live store not told of the event log yet (its next follow will): %s", exc)
 
@@ -243,10 +246,12 @@ class Recommender:
     # ---------------------------------------------------------------------------- /events, /items
 
     async def post_events(self, request: EventsRequest) -> EventsResponse:
-        now = time.time()
-        key = await self._write_log([event_record(request.user_id, i, timestamp=now) for i in request.item_ids])
+        when = float(request.timestamp) if request.timestamp is not None else time.time()
+        records = [event_record(request.user_id, i, request.event, timestamp=when) for i in request.item_ids]
+        key = await self._write_log(records)
+        positive = request.event not in self.model.negative_events
         try:
-            args = (request.user_id, request.item_ids, key)
+            args = (request.user_id, request.item_ids, key, positive)
             live = await self.store.call("append_events", *args, timeout_s=WRITE_TIMEOUT_S)
         except StoreUnavailable as exc:  # durable already: the store takes the events in from the log
             logger.warning("live store unavailable; events logged, not yet live: %s", exc)
@@ -254,7 +259,11 @@ class Recommender:
         index = self.model.catalog.index
         unknown = [i for i in request.item_ids if i not in index]
         return EventsResponse(
-            user_id=request.user_id, appended=len(request.item_ids), live_events=live, unknown_items=unknown
+            user_id=request.user_id,
+            appended=len(request.item_ids),
+            event=request.event,
+            live_events=live,
+            unknown_items=unknown,
         )
 
     async def add_item(self, request: ItemRequest) -> ItemResponse:

@@ -39,6 +39,10 @@ def _id_text(value: str | int) -> str:
 Id = Annotated[StrictStr | StrictInt, AfterValidator(_id_text)]
 
 
+EVENT_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"  # lower-case words: click, add_to_cart
+MAX_TIMESTAMP = 1e11  # seconds since the epoch (year 5138): a bigger number is milliseconds or garbage
+
+
 class Strict(BaseModel):
     """Base of every body: unknown fields and NaN/Infinity are rejected, types are not coerced."""
 
@@ -78,15 +82,22 @@ class RecommendResponse(BaseModel):
 
 
 class EventsRequest(Strict):
-    """POST /events: the user's new interactions, oldest first; reflected by the next /recommend."""
+    """POST /events: the user's new interactions, oldest first; reflected by the next /recommend
+    (events of a negative type, `data.negative_events` of the served model, are logged for training
+    but kept out of the history)."""
 
     user_id: Id
     item_ids: list[Id] = Field(min_length=1, max_length=MAX_IDS)
+    event: str = Field("click", pattern=EVENT_PATTERN, description="event type of every item: click, purchase, skip...")
+    timestamp: float | int | None = Field(
+        None, gt=0, lt=MAX_TIMESTAMP, description="seconds since the epoch (default: when the request arrives)"
+    )
 
 
 class EventsResponse(BaseModel):
     user_id: str
     appended: int
+    event: str = "click"
     live_events: int | None = Field(
         description="events held for this user since the model was trained (capped); null when the live store "
         "is restarting: the events are durable in the event log and reach it from there"

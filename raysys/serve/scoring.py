@@ -28,9 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysys.config import DataConfig
 from raysys.data.batches import pad_histories
 from raysys.data.dataset import FIRST_ITEM_INDEX
 from raysys.models.export import LoadedModel, load_model_dir
+
+
+def negative_events(model_config: dict) -> list[str]:
+    """The event types a model directory's training left out as not positives (`data.negative_events`),
+    which /events logs but keeps out of live histories; the default for directories from before."""
+    return list(model_config.get("dataset", {}).get("negative_events", DataConfig().negative_events))
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class ServingModel:
         self.int8 = int8
         self.version = loaded.model_version
         self.trained_at: str | None = loaded.config.get("trained_at")
+        self.negative_events = frozenset(negative_events(loaded.config))
         self.max_len = loaded.max_len
         self.num_model_items = loaded.num_items  # rows the model can also take as input
         self.user_histories = loaded.user_histories

@@ -36,13 +36,14 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from raysys.serve.event_log import LogTailer, seal_orphans
+from raysys.config import DataConfig
+from raysys.data.event_log import LogTailer, seal_orphans
 
 logger = logging.getLogger("ray.serve")
 
@@ -143,6 +144,7 @@ class LiveStore:
         self._changed: asyncio.Condition | None = None  # created on the actor's event loop
         self._api_key_sha256: str | None = None  # the last one a replica was configured with
         self.log_root: str | None = None  # the event log this store is a cache of (None: not told yet)
+        self.negative_events: frozenset[str] = frozenset(DataConfig().negative_events)  # kept out of histories
         self._tailer: LogTailer | None = None
         self._tail_task: asyncio.Task | None = None
         self._opening: asyncio.Lock | None = None
@@ -156,11 +158,14 @@ class LiveStore:
 
     # ------------------------------------------------------------------ the interface replicas call
 
-    async def append_events(self, user_id: str, item_ids: list[str], key: tuple[str, int] | None = None) -> int:
+    async def append_events(
+        self, user_id: str, item_ids: list[str], key: tuple[str, int] | None = None, positive: bool = True
+    ) -> int:
         """Append `item_ids` for `user_id`; returns the user's event count once every mirror has it.
-        `key` (writer, seq of the first item): the log records they are; any already taken in are skipped."""
+        `key` (writer, seq of the first item): the log records they are; any already taken in are skipped.
+        positive=False (a negative event type): the records are marked taken in, nothing is appended."""
         item_ids = [i for n, i in enumerate(item_ids) if self._new_record(key, n)]
-        if item_ids:
+        if item_ids and positive:
             self.state.append_events(user_id, item_ids)
             await self._publish("events", user_id, list(item_ids))
         return len(self.state.events.get(user_id, ()))
@@ -173,9 +178,12 @@ class LiveStore:
         await self._publish("item", item_id, self.state.items[-1][1])
         return True
 
-    async def open_log(self, root: str) -> None:
+    async def open_log(self, root: str, negative_events: list[str] | None = None) -> None:
         """Become the cache of the event log at `root`: rebuild the state from it (a new epoch, so every
-        mirror gets a full copy) and tail it. No-op when already so."""
+        mirror gets a full copy) and tail it. No-op when already so. negative_events: the event types
+        kept out of histories (the served model's), from now on."""
+        if negative_events is not None:
+            self.negative_events = frozenset(negative_events)
         if root == self.log_root:
             return
         if self._opening is None:
@@ -187,7 +195,7 @@ class LiveStore:
             await asyncio.to_thread(seal_orphans, root)
             records = sorted(await asyncio.to_thread(tailer.poll), key=lambda r: r["timestamp"])
             state = LiveState(self.state.max_events_per_user, self.state.max_users)
-            for kind, key, payload in group_records(records):
+            for kind, key, payload in group_records(records, self.negative_events):
                 if kind == "events":
                     state.append_events(key, payload)
                 else:
@@ -207,12 +215,20 @@ class LiveStore:
         return self.state.read(user_ids, known_items if epoch in (None, self.epoch) else 0, self.epoch)
 
     async def follow(
-        self, mirror: str, epoch: str, since: int, wait_s: float = FOLLOW_WAIT_S, log_root: str | None = None
+        self,
+        mirror: str,
+        epoch: str,
+        since: int,
+        wait_s: float = FOLLOW_WAIT_S,
+        log_root: str | None = None,
+        negative_events: list[str] | None = None,
     ) -> Update:
         """Acknowledge `since` for `mirror` and renew its lease; answer with the changes after it as
         soon as there are any, or after `wait_s` with none. `log_root`: the event log the replica
         writes (a store that is no log's cache yet, e.g. just restarted, becomes its cache first; a
         change of log comes through `open_log`, from a reconfigured replica)."""
+        if negative_events is not None:
+            self.negative_events = frozenset(negative_events)
         if log_root is not None and self.log_root is None:
             await self.open_log(log_root)
         acknowledged = since if epoch == self.epoch else -1
@@ -254,7 +270,7 @@ class LiveStore:
             except Exception as exc:  # noqa: BLE001 - a bad read must not end the tailing
                 logger.warning("live store: reading the event log failed: %s", exc)
                 continue
-            for kind, key, payload in group_records(records):
+            for kind, key, payload in group_records(records, self.negative_events):
                 if kind == "events":
                     self.state.append_events(key, payload)
                 elif not self.state.add_item(key, payload):
@@ -344,6 +360,7 @@ class LiveMirror:
         self.current_until = 0.0  # monotonic time until which local reads are allowed
         self.lost = False  # the last follow failed (logged once per outage)
         self.log_root: str | None = None  # the event log the replica writes, told to the store with each follow
+        self.negative_events: list[str] | None = None  # the served model's, told likewise
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -361,7 +378,7 @@ class LiveMirror:
         while True:
             sent = time.monotonic()
             try:
-                args = (self.name, self.epoch, self.version, FOLLOW_WAIT_S, self.log_root)
+                args = (self.name, self.epoch, self.version, FOLLOW_WAIT_S, self.log_root, self.negative_events)
                 update = await self.client.call("follow", *args, timeout_s=FOLLOW_WAIT_S + 2.0)
             except asyncio.CancelledError:
                 raise
@@ -384,11 +401,16 @@ class LiveMirror:
         self.epoch, self.version = update.epoch, update.version
 
 
-def group_records(records: list[dict[str, Any]]) -> list[tuple[Literal["events", "item"], str, Any]]:
+def group_records(
+    records: list[dict[str, Any]], negative_events: Collection[str] = ()
+) -> list[tuple[Literal["events", "item"], str, Any]]:
     """Log records -> state changes: ("events", user, [item ids]) for each run of one user's event
-    records, ("item", item id, [text_dim] float32 embedding) for each item record."""
+    records (events of a type in `negative_events` left out), ("item", item id, [text_dim] float32
+    embedding) for each item record."""
     out: list[tuple[Literal["events", "item"], str, Any]] = []
     for r in records:
+        if r["kind"] == "event" and r.get("event") in negative_events:
+            continue
         if r["kind"] == "item":
             out.append(("item", r["item_id"], np.asarray(r["text_embedding"], dtype=np.float32)))
         elif out and out[-1][0] == "events" and out[-1][1] == r["user_id"]:

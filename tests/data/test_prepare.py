@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -239,3 +240,26 @@ def test_cold_item_holdout_keeps_held_items_out_of_every_training_part(ray_sessi
     assert not set(np.flatnonzero(np.isin(np.arange(ds.num_items), train_items(ds)))) & set(held_index)
     cold = slice_masks(ds.split("test"), train_items(ds), 5)["test/cold_items"]
     assert cold.sum() >= 0.1 * len(cold)  # about a fifth of the test targets are held out
+
+
+def test_negative_event_types_are_left_out_of_the_sequences(ray_session, tmp_path: Path) -> None:
+    folder = tmp_path / "log"
+    folder.mkdir()
+    events = ["click", "skip", "buy", "dislike"] * 30
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": [f"u{n % 10}" for n in range(120)],
+                "item_id": [f"i{n % 17}" for n in range(120)],
+                "timestamp": list(range(120)),
+                "kind": events,
+            }
+        ),
+        folder / "log.parquet",
+    )
+    cfg = DataConfig(path=str(folder), event_col="kind", cache_dir=str(tmp_path / "cache"))
+    ds = load_or_prepare(cfg, progress=False)  # default data.negative_events: skip, dislike
+    assert ds.manifest["negative_events"] == ["skip", "dislike"] and ds.manifest["num_interactions"] == 60
+    assert set(pc.list_flatten(ds.sequences()["events"]).to_pylist()) == {"click", "buy"}
+    everything = load_or_prepare(cfg.model_copy(update={"negative_events": []}), progress=False)
+    assert everything.manifest["num_interactions"] == 120 and everything.path != ds.path

@@ -212,6 +212,30 @@ def test_events_are_reflected_by_every_replica_at_once(served, brute_force) -> N
     assert len(replicas) == 2, "the 20 requests should have reached both replicas"
 
 
+def test_negative_events_are_logged_with_their_type_and_time_but_stay_out_of_the_history(served, brute_force) -> None:
+    from raysys.data.event_log import interactions, read_log
+
+    served.configure(num_replicas=2)
+    offline = load_model_dir(served.model_dirs["text"])
+    user = "u9"
+    history = offline.user_histories[user]
+    before = ranked(post(served, "/recommend", {"user_id": user, "k": 10}))
+    skipped = post(served, "/events", {"user_id": user, "item_ids": ["i160"], "event": "skip", "timestamp": 1.7e9})
+    assert skipped.status_code == 200 and skipped.json()["event"] == "skip"
+    bought = post(served, "/events", {"user_id": user, "item_ids": ["i161"], "event": "purchase"}).json()
+    assert bought["live_events"] == skipped.json()["live_events"] + 1
+    expected = [i for i, _ in brute_force(offline, [*history, "i161"], 10)[0]]
+    for _ in range(6):
+        assert ranked(post(served, "/recommend", {"user_id": user, "k": 10})) == expected != before
+    logged = interactions(read_log(served.base.event_log)).to_pylist()
+    mine = [(r["item_id"], r["event"]) for r in logged if r["user_id"] == user]
+    assert mine[-2:] == [("i160", "skip"), ("i161", "purchase")]
+    assert next(r["timestamp"] for r in logged if r["item_id"] == "i160" and r["user_id"] == user) == 1.7e9
+    for bad in ({"event": "Skip!"}, {"event": ""}, {"timestamp": -1}, {"timestamp": 1.7e12}, {"timestamp": "now"}):
+        answer = post(served, "/events", {"user_id": user, "item_ids": ["i162"], **bad})
+        assert answer.status_code == 422, (bad, answer.text)
+
+
 def test_a_new_item_is_recommendable_at_once_on_every_replica(served) -> None:
     served.configure(num_replicas=2)
     from raysys.models.text_encoder import TextEncoder

@@ -10,8 +10,8 @@ import pyarrow.compute as pc
 import pytest
 from test_app import post, ranked
 
+from raysys.data.event_log import interactions, read_log
 from raysys.models.export import load_model_dir
-from raysys.serve.event_log import interactions, read_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

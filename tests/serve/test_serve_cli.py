@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from raysys.serve.event_log import interactions, read_log
+from raysys.data.event_log import interactions, read_log
 
 ROOT = Path(__file__).resolve().parents[2]
 

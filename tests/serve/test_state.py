@@ -109,7 +109,7 @@ def test_a_new_store_sends_a_full_copy_and_remembers_the_api_key() -> None:
 
 
 def test_the_store_is_rebuilt_from_the_event_log_and_takes_each_record_once(tmp_path, monkeypatch) -> None:
-    from raysys.serve.event_log import EventLogWriter, event_record, item_record
+    from raysys.data.event_log import EventLogWriter, event_record, item_record
 
     monkeypatch.setattr(state, "TAIL_S", 0.05)
 
@@ -134,6 +134,30 @@ def test_the_store_is_rebuilt_from_the_event_log_and_takes_each_record_once(tmp_
         assert await store.append_events("u", ["d"], ("r0", seq + 1)) == 4  # a late push: already in
         assert store.read(["u"], 0).events == {"u": ["a", "b", "c", "d"]}
         assert not await store.add_item("new", np.ones(4), ("r0", 2))
+        log.close()
+        store._tail_task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_negative_event_types_never_reach_a_history(tmp_path, monkeypatch) -> None:
+    from raysys.data.event_log import EventLogWriter, event_record
+
+    monkeypatch.setattr(state, "TAIL_S", 0.05)
+
+    async def scenario() -> None:
+        log = EventLogWriter(tmp_path, "r0")
+        log.append([event_record("u", "a", "click", 1.0), event_record("u", "b", "skip", 2.0)])
+        store = LiveStore()
+        await store.open_log(str(tmp_path), ["skip"])  # the rebuild leaves the skip out
+        assert store.read(["u"], 0).events == {"u": ["a"]}
+        (seq,) = log.append([event_record("u", "c", "skip")])
+        assert await store.append_events("u", ["c"], ("r0", seq), positive=False) == 1  # pushed: taken in, not kept
+        log.append([event_record("u", "d", "dislike"), event_record("u", "e", "purchase")])  # tailed, never pushed
+        deadline = time.monotonic() + 5
+        while store.read(["u"], 0).events["u"][-1] != "e" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert store.read(["u"], 0).events == {"u": ["a", "d", "e"]}  # "dislike" is not negative here
         log.close()
         store._tail_task.cancel()
 

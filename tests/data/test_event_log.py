@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raysys.errors import RaysysError
-from raysys.serve.event_log import (
+from raysys.data.event_log import (
     EventLogWriter,
     LogTailer,
     event_record,
@@ -25,6 +24,7 @@ from raysys.serve.event_log import (
     read_log,
     seal_orphans,
 )
+from raysys.errors import RaysysError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,7 @@ def test_writer_names_and_a_second_live_writer_are_refused(tmp_path: Path) -> No
 
 WRITER_SCRIPT = """
 import sys
-from raysys.serve.event_log import EventLogWriter, event_record
+from raysys.data.event_log import EventLogWriter, event_record
 log = EventLogWriter(sys.argv[1], "r0", seal_records=int(sys.argv[2]))
 i = 0
 while True:
@@ -175,3 +175,36 @@ def test_orphaned_segments_are_sealed_and_live_writers_left_alone(tmp_path: Path
     assert files(tmp_path, "seg-*") == ["seg-dead-00000000.parquet"]
     live.close()
     assert sorted(read_log(tmp_path)["item_id"].to_pylist()) == ["a", "b"]
+
+
+def test_ray_data_reads_the_log_as_interactions_without_negative_events(ray_session, tmp_path) -> None:
+    from raysys.config import DataConfig
+    from raysys.data.event_log import read_events_file, readable_files
+    from raysys.data.prepare import load_or_prepare
+
+    log = tmp_path / "log"
+    kinds = ["click", "purchase", "skip"]
+    records = [event_record(f"u{n % 7}", f"i{n % 11}", kinds[n % 3], timestamp=1000.0 + n) for n in range(90)]
+    with EventLogWriter(log, "a", seal_records=20) as sealed:  # sealed segments
+        sealed.append(records[:40])
+    open_writer = EventLogWriter(log, "b")  # an open segment: its write-ahead file is read
+    open_writer.append(records[40:])
+    files = readable_files(log)
+    assert any(f.name.startswith("wal-b-") for f in files) and all(
+        f.name.startswith(("seg-a-", "wal-b-")) for f in files
+    )
+    assert sum(read_events_file(f).num_rows for f in files) == 90
+
+    ds = load_or_prepare(DataConfig(path=str(log), cache_dir=str(tmp_path / "cache")), progress=False)
+    expected: dict[str, list[str]] = {}
+    for r in sorted(records, key=lambda r: r["timestamp"]):
+        if r["event"] != "skip":
+            expected.setdefault(r["user_id"], []).append(r["item_id"])
+    sequences = ds.sequences().to_pylist()
+    items = {i["item_index"]: i["item_id"] for i in ds.item_vocab().to_pylist()}
+    assert {s["user_id"]: [items[i] for i in s["items"]] for s in sequences} == expected
+    assert {e for s in sequences for e in s["events"]} == {"click", "purchase"}
+
+    wal = next(f for f in files if f.name.startswith("wal-b-"))
+    open_writer.close()  # seals the open segment: its write-ahead file is gone
+    assert not wal.exists() and read_events_file(wal).num_rows == 50  # read from the sealed segment instead

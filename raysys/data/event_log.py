@@ -366,6 +366,27 @@ def read_log(root: str | Path) -> pa.Table:
     return _drop_repeats(table)
 
 
+def readable_files(root: str | Path) -> list[Path]:
+    """One file per (writer, segment), the sealed Parquet where it exists, else the write-ahead file:
+    read together (`read_events_file` each), they hold every record of the log once."""
+    files = _log_files(Path(root))
+    sealed = {(_writer_of(path), segment) for kind, segment, path in files if kind == "seg"}
+    return [path for kind, segment, path in files if kind == "seg" or (_writer_of(path), segment) not in sealed]
+
+
+def read_events_file(path: str | Path) -> pa.Table:
+    """The interactions (user_id, item_id, timestamp, event) of one log file from `readable_files`. A
+    write-ahead file sealed since it was listed is read from its sealed segment instead."""
+    path = Path(path)
+    if path.name.startswith("wal-") and not path.exists():
+        path = path.with_name("seg-" + path.name.removeprefix("wal-")).with_suffix(".parquet")
+    if path.suffix == ".parquet":
+        table = pq.read_table(path, schema=RECORD_SCHEMA)
+    else:
+        table = records_table(read_wal(path))
+    return interactions(table)
+
+
 def interactions(table: pa.Table) -> pa.Table:
     """The event records of a log table as interactions (user_id, item_id, timestamp, event), in time order."""
     events = table.filter(pc.equal(table["kind"], "event")).select(list(INTERACTION_COLUMNS))
