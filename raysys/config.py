@@ -269,6 +269,13 @@ class ReplicaOptions(Section):
     # are fsynced here, and the live store is rebuilt from it. `raysys serve` and the pipeline's smoke stage
     # use RUN/event_log; None (a bare `serve deploy`): ~/.cache/raysys/event_log on the replicas' node.
     event_log: str | None = None
+    # The live state (events posted since training, items added), held by the live store and copied in every
+    # replica: per user the most recent live_max_events_per_user ids within live_max_user_bytes; over
+    # live_store_max_bytes in all, the users updated longest ago are evicted from memory and reloaded from
+    # the event log (a per-segment user index) when they are asked for or post again.
+    live_max_events_per_user: int = Field(1000, ge=1)
+    live_max_user_bytes: int = Field(256 << 10, ge=1024)
+    live_store_max_bytes: int = Field(256 << 20, ge=1 << 20)
 
 
 class ServeConfig(ReplicaOptions):

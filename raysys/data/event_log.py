@@ -27,11 +27,13 @@ each once.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
 import threading
 import time
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,9 @@ RECORD_SCHEMA = pa.schema(
     ]
 )
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "event")
+SEGMENT_ROW_GROUP = 1024  # rows per row group of a sealed segment
+TAIL_CHUNK_BYTES = 1 << 20  # what a tailer parses of one write-ahead file per poll (bounds its memory)
+CHUNK_RECORDS = 5_000  # a poll returns about this many records at most (bounds a reader's memory)
 WRITER_NAME = re.compile(r"^[A-Za-z0-9_.]+$")  # no "-": file names split on it
 FILE_NAME = re.compile(r"^(wal|seg)-([A-Za-z0-9_.]+)-(\d{8})\.(jsonl|parquet)$")
 
@@ -233,41 +238,160 @@ class LogTailer:
     """Reads a log directory on: each `poll` returns the records not returned before (and not marked
     with `seen`), sealed segments read once each, open segments from where the last poll stopped."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, index: UserIndex | None = None) -> None:
         self.root = Path(root)
+        self.index = index  # fed every record read, also records already seen
         self.keys = AppliedKeys()
         self._sealed: set[str] = set()  # segment files read
         self._offsets: dict[str, int] = {}  # write-ahead file -> bytes read (complete lines)
+        self._lock = threading.Lock()
+        self.behind = False  # the last poll stopped at TAIL_CHUNK_BYTES in some file: poll again
 
     def seen(self, writer: str, seq: int) -> bool:
         """Mark a record taken in some other way (pushed by its writer); False if already seen."""
         return self.keys.add(writer, seq)
 
     def poll(self) -> list[dict[str, Any]]:
-        """The new records, in (writer, seq) order within each file, files by segment."""
+        """The new records, in (writer, seq) order within each file, files by segment (thread-safe)."""
+        with self._lock:
+            return self._poll()
+
+    def _poll(self) -> list[dict[str, Any]]:
+        self.behind = False
         if not self.root.is_dir():
             return []
         out = []
         for kind, _, path in _log_files(self.root):
+            if len(out) >= CHUNK_RECORDS:  # enough for one poll: the rest next time
+                self.behind = True
+                break
             if kind == "seg" and path.name not in self._sealed:
                 self._sealed.add(path.name)
-                out += pq.read_table(path, schema=RECORD_SCHEMA).to_pylist()
+                out += self._read_sealed(path)
             elif kind == "wal":
                 out += self._read_tail(path)
         self._offsets = {name: at for name, at in self._offsets.items() if (self.root / name).exists()}
-        return [r for r in out if self.keys.add(r["writer"], r["seq"])]
+        return out
+
+    def _read_sealed(self, path: Path) -> list[dict[str, Any]]:
+        """Index a sealed segment and return its records not seen yet (reading the rest only if any)."""
+        keys = pq.read_table(path, columns=["writer", "seq", "user_id"])
+        if self.index is not None:
+            self.index.add_sealed(path, keys["user_id"])
+        writers, seqs = keys["writer"].to_pylist(), keys["seq"].to_pylist()
+        new = [self.keys.add(w, s) for w, s in zip(writers, seqs, strict=True)]
+        if not any(new):
+            return []
+        return pq.read_table(path, schema=RECORD_SCHEMA).filter(pa.array(new)).to_pylist()
 
     def _read_tail(self, path: Path) -> list[dict[str, Any]]:
+        """The complete lines after the last read (at most TAIL_CHUNK_BYTES a poll; `behind` says more
+        is waiting), indexed by byte offset, returned when not seen yet."""
         start = self._offsets.get(path.name, 0)
         try:
             with open(path, "rb") as f:
                 f.seek(start)
-                data = f.read()
+                data = f.read(TAIL_CHUNK_BYTES)
         except FileNotFoundError:  # sealed meanwhile: its segment file is read next poll
             return []
-        complete = data[: data.rfind(b"\n") + 1]
-        self._offsets[path.name] = start + len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line]
+        end = data.rfind(b"\n") + 1
+        self.behind |= len(data) == TAIL_CHUNK_BYTES
+        records, offset = [], start
+        for line in data[:end].split(b"\n")[:-1]:
+            record = json.loads(line)
+            if self.index is not None and record.get("kind") == "event":
+                self.index.add_open(path, record["user_id"], offset, len(line))
+            if self.keys.add(record["writer"], record["seq"]):
+                records.append(record)
+            offset += len(line) + 1
+        self._offsets[path.name] = start + end
+        return records
+
+
+class UserIndex:
+    """Where each user's event records are, so one user's records are read without a scan.
+
+    Per sealed segment (sorted by user, SEGMENT_ROW_GROUP rows a group): the sorted 64-bit hashes of
+    its users and the row group of each; a lookup is a binary search per segment and the read is the
+    groups found. Per open segment (at most a writer's `seal_records`): each user's lines, as byte offset
+    and length in its write-ahead file. Fed by a `LogTailer`; memory: 12 bytes per (user, row group) of
+    the sealed log, 16 per record of the open segments.
+    """
+
+    def __init__(self) -> None:
+        self._sealed: dict[Path, tuple[np.ndarray, np.ndarray]] = {}  # segment -> (hashes [n] u64, groups [n] i32)
+        self._open: dict[Path, dict[str, array]] = {}  # write-ahead file -> user -> [offset, length, ...]
+
+    def add_sealed(self, path: Path, users: pa.ChunkedArray) -> None:
+        """Index a sealed segment from its user_id column (in file order)."""
+        valid = pc.is_valid(users).to_numpy(zero_copy_only=False)
+        hashes = user_hashes(users.filter(pa.array(valid)))
+        meta = pq.ParquetFile(path).metadata
+        ends = np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        groups = np.searchsorted(ends, np.flatnonzero(valid), side="right").astype(np.int32)
+        pairs = np.unique(np.stack([hashes, groups.astype(np.uint64)]), axis=1)  # sorted by hash, then group
+        self._sealed[path] = (pairs[0], pairs[1].astype(np.int32))
+        self._open.pop(_wal_of(path), None)
+
+    def add_open(self, path: Path, user_id: str, offset: int, length: int) -> None:
+        """Note an event line of an open segment's write-ahead file: its user, byte offset and length."""
+        self._open.setdefault(path, {}).setdefault(user_id, array("q")).extend((offset, length))
+
+    def events(self, user_id: str) -> list[dict[str, Any]]:
+        """Every event record of `user_id` in the indexed log, by (timestamp, writer, seq)."""
+        out: list[dict[str, Any]] = []
+        key = user_hashes(pa.array([user_id]))[0]
+        for path, (hashes, groups) in list(self._sealed.items()):
+            lo, hi = np.searchsorted(hashes, key, "left"), np.searchsorted(hashes, key, "right")
+            if lo == hi:
+                continue
+            try:
+                table = pq.ParquetFile(path).read_row_groups(sorted(set(groups[lo:hi].tolist())), columns=EVENT_COLUMNS)
+            except FileNotFoundError:  # the directory was cleaned up under us: nothing to read there
+                continue
+            out += table.filter(pc.equal(table["user_id"], user_id)).to_pylist()
+        for wal, users in list(self._open.items()):
+            if user_id in users:
+                out += _read_lines(wal, users[user_id], user_id)
+        return sorted(out, key=lambda r: (r["timestamp"], r["writer"], r["seq"]))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "sealed_segments": len(self._sealed),
+            "index_bytes": sum(h.nbytes + g.nbytes for h, g in self._sealed.values()),
+            "open_records": sum(len(lines) // 2 for users in self._open.values() for lines in users.values()),
+        }
+
+
+def _wal_of(segment: Path) -> Path:
+    return segment.with_name("wal-" + segment.name.removeprefix("seg-")).with_suffix(".jsonl")
+
+
+def _read_lines(wal: Path, spans: array, user_id: str) -> list[dict[str, Any]]:
+    """A user's records from a write-ahead file at (offset, length) spans; from its sealed segment when
+    it was sealed meanwhile."""
+    try:
+        with open(wal, "rb") as f:
+            lines = []
+            for i in range(0, len(spans), 2):
+                f.seek(spans[i])
+                lines.append(json.loads(f.read(spans[i + 1])))
+            return lines
+    except FileNotFoundError:
+        segment = wal.with_name("seg-" + wal.name.removeprefix("wal-")).with_suffix(".parquet")
+        table = pq.read_table(segment, columns=EVENT_COLUMNS, filters=[("user_id", "=", user_id)])
+        return table.filter(pc.equal(table["kind"], "event")).to_pylist()
+
+
+EVENT_COLUMNS = ["writer", "seq", "kind", "user_id", "item_id", "event", "timestamp"]
+
+
+def user_hashes(users: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """[n] uint64 hashes of user ids (stable across processes: not Python's salted hash)."""
+    if isinstance(users, pa.ChunkedArray):
+        users = users.combine_chunks()
+    digest = [hashlib.blake2b(u.encode(), digest_size=8).digest() for u in users.to_pylist()]
+    return np.frombuffer(b"".join(digest), dtype="<u8").copy() if digest else np.zeros(0, np.uint64)
 
 
 def seal_orphans(root: str | Path) -> list[str]:
@@ -297,7 +421,9 @@ def seal_segment(root: Path, writer: str, segment: int, records: list[dict[str, 
     """Write `records` as the sealed segment file (temporary name, fsync, rename, fsync of the directory)."""
     path = root / f"seg-{writer}-{segment:08d}.parquet"
     tmp = root / f".{path.name}.tmp"
-    pq.write_table(records_table(records), tmp)
+    # By user (items, without one, last), in small row groups: a user's records are one or two groups (UserIndex)
+    table = records_table(records).sort_by([("user_id", "ascending"), ("seq", "ascending")])
+    pq.write_table(table, tmp, row_group_size=SEGMENT_ROW_GROUP)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -62,3 +62,44 @@ def test_acknowledged_events_and_items_survive_a_killed_store(served, brute_forc
     assert sorted(mine) == sorted((u, i) for u, items in posted.items() for i in items)  # all, once each
     items = read_log(served.base.event_log)
     assert items.filter(pc.equal(items["kind"], "item"))["item_id"].to_pylist().count("storm") == 1
+
+
+def store_rss() -> int:
+    import psutil
+    from ray.util.state import list_actors
+
+    (actor,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if "LiveStore" in a.class_name]
+    return psutil.Process(actor.pid).memory_info().rss
+
+
+def test_a_flood_of_long_ids_stays_within_the_memory_bound_and_evicted_users_come_back(served, brute_force) -> None:
+    import random
+    import string
+
+    import httpx
+
+    served.configure(num_replicas=2, live_store_max_bytes=2 << 20)
+    offline = load_model_dir(served.model_dirs["text"])
+    mine = ["i170", "i171", "i172"]
+    assert post(served, "/events", {"user_id": "u30", "item_ids": mine}).status_code == 200
+    peak = baseline = 0
+    with httpx.Client(base_url=served.url, timeout=30) as client:
+        for n in range(200):  # 200 users x 1000 ids of 128 characters: ~35 MiB counted, 18x the bound
+            ids = ["".join(random.choices(string.ascii_letters, k=128)) for _ in range(1000)]
+            answer = client.post("/events", json={"user_id": f"flood-{n}", "item_ids": ids})
+            assert answer.status_code == 200, answer.text
+            if n == 19:  # the store has run every code path once (its imports and allocator pools)
+                baseline = store_rss()
+            elif n > 19 and n % 10 == 0:
+                peak = max(peak, store_rss())
+    grown = max(peak, store_rss()) - baseline
+    assert grown <= (2 << 20) + (50 << 20), f"the store grew by {grown / 2**20:.1f} MiB"
+
+    # u30 was evicted long ago: the next /recommend reloads its events from the event log
+    expected = [i for i, _ in brute_force(offline, [*offline.user_histories["u30"], *mine], 10)[0]]
+    eventually(lambda: _ranks(served, "u30", expected), timeout_s=30)
+    served.configure(num_replicas=2)  # the default bound again for the tests after
+
+
+def _ranks(served, user: str, expected: list[str]) -> None:
+    assert ranked(post(served, "/recommend", {"user_id": user, "k": 10})) == expected

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from raysys.serve import state
-from raysys.serve.state import LiveMirror, LiveState, LiveStore
+from raysys.serve.state import Limits, LiveMirror, LiveState, LiveStore
 
 
 class Direct:
@@ -25,7 +25,7 @@ class Direct:
 
 
 def test_live_state_appends_caps_and_forgets_idle_users() -> None:
-    live = LiveState(max_events_per_user=3, max_users=2)
+    live = LiveState(Limits(max_events_per_user=3, max_users=2))
     assert live.append_events("a", ["1", "2"]) == 2
     assert live.append_events("a", ["3", "4"]) == 3
     live.append_events("b", ["x"])
@@ -41,7 +41,7 @@ def test_live_state_appends_caps_and_forgets_idle_users() -> None:
 
 def test_a_write_returns_only_once_every_following_mirror_has_it() -> None:
     async def scenario() -> None:
-        store = LiveStore(max_events_per_user=3)
+        store = LiveStore(Limits(max_events_per_user=3))
         mirrors = [LiveMirror(Direct(store), f"r{i}") for i in range(2)]
         for mirror in mirrors:
             mirror.start()
@@ -57,7 +57,7 @@ def test_a_write_returns_only_once_every_following_mirror_has_it() -> None:
         for mirror in mirrors:
             snapshot = mirror.read([], 0, mirror.epoch)
             assert [i for i, _ in snapshot.new_items] == ["new"] and snapshot.total_items == 1
-        assert store.stats() == {"users": 1, "items": 1, "mirrors": 2}
+        assert {k: store.stats()[k] for k in ("users", "items", "mirrors")} == {"users": 1, "items": 1, "mirrors": 2}
         for mirror in mirrors:
             mirror.task.cancel()
 
@@ -100,9 +100,9 @@ def test_a_new_store_sends_a_full_copy_and_remembers_the_api_key() -> None:
         assert mirror.epoch == new.epoch and mirror.read(["u", "v"], 0, mirror.epoch).events == {"v": ["b"]}
         # A reader holding another epoch's item count gets every item of this one.
         await new.add_item("n", np.ones(4))
-        assert (
-            new.read([], 5, "another-epoch").total_items == 1 and len(new.read([], 5, "another-epoch").new_items) == 1
-        )
+        assert (await new.read([], 5, "another-epoch")).total_items == 1 and len(
+            (await new.read([], 5, "another-epoch")).new_items
+        ) == 1
         assert new.api_key(None) is None and new.api_key("ab" * 32) == "ab" * 32 and new.api_key(None) == "ab" * 32
 
     asyncio.run(scenario())
@@ -122,17 +122,17 @@ def test_the_store_is_rebuilt_from_the_event_log_and_takes_each_record_once(tmp_
         epoch = store.epoch
         await store.open_log(str(tmp_path))  # what a restarted store does when a replica tells it the log
         assert store.epoch != epoch and store.stats()["items"] == 1
-        assert store.read(["u"], 0).events == {"u": ["a", "b"]}
+        assert (await store.read(["u"], 0)).events == {"u": ["a", "b"]}
         # A replica writes, then pushes with the records' key: taken in once, whether the push or the
         # tail comes first; a record no push brought (the push failed) arrives through the tail.
         (seq,) = log.append([event_record("u", "c")])
         assert await store.append_events("u", ["c"], ("r0", seq)) == 3
         log.append([event_record("u", "d")])  # never pushed
         deadline = time.monotonic() + 5
-        while store.read(["u"], 0).events["u"][-1] != "d" and time.monotonic() < deadline:
+        while (await store.read(["u"], 0)).events["u"][-1] != "d" and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert await store.append_events("u", ["d"], ("r0", seq + 1)) == 4  # a late push: already in
-        assert store.read(["u"], 0).events == {"u": ["a", "b", "c", "d"]}
+        assert (await store.read(["u"], 0)).events == {"u": ["a", "b", "c", "d"]}
         assert not await store.add_item("new", np.ones(4), ("r0", 2))
         log.close()
         store._tail_task.cancel()
@@ -150,14 +150,76 @@ def test_negative_event_types_never_reach_a_history(tmp_path, monkeypatch) -> No
         log.append([event_record("u", "a", "click", 1.0), event_record("u", "b", "skip", 2.0)])
         store = LiveStore()
         await store.open_log(str(tmp_path), ["skip"])  # the rebuild leaves the skip out
-        assert store.read(["u"], 0).events == {"u": ["a"]}
+        assert (await store.read(["u"], 0)).events == {"u": ["a"]}
         (seq,) = log.append([event_record("u", "c", "skip")])
         assert await store.append_events("u", ["c"], ("r0", seq), positive=False) == 1  # pushed: taken in, not kept
         log.append([event_record("u", "d", "dislike"), event_record("u", "e", "purchase")])  # tailed, never pushed
         deadline = time.monotonic() + 5
-        while store.read(["u"], 0).events["u"][-1] != "e" and time.monotonic() < deadline:
+        while (await store.read(["u"], 0)).events["u"][-1] != "e" and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert store.read(["u"], 0).events == {"u": ["a", "d", "e"]}  # "dislike" is not negative here
+        assert (await store.read(["u"], 0)).events == {"u": ["a", "d", "e"]}  # "dislike" is not negative here
+        log.close()
+        store._tail_task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_memory_is_counted_as_python_holds_it_and_bounded_by_evicting_idle_users() -> None:
+    import random
+    import string
+    import tracemalloc
+
+    def ids(n: int, length: int = 128) -> list[str]:
+        return ["".join(random.choices(string.ascii_letters, k=length)) for _ in range(n)]
+
+    unbounded = LiveState(Limits(max_bytes=1 << 40, max_user_bytes=1 << 30))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for user in range(100):
+        for _ in range(5):
+            unbounded.append_events(f"user-{user}", ids(20))
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert 0.9 < held / unbounded.bytes < 1.1  # the count is what the objects cost
+
+    live = LiveState(Limits(max_events_per_user=50, max_user_bytes=4 << 10, max_bytes=1 << 20))
+    kept = live.append_events("u", ids(40))  # 40 ids of 185 bytes: only the most recent fit in 4 KiB
+    assert kept < 40 and live.user_bytes["u"] <= 4 << 10 < live.user_bytes["u"] + 185
+    for user in range(2000):  # 2000 users x 4 KiB: eight times the budget
+        live.append_events(f"flood-{user}", ids(30))
+        assert live.bytes <= 1 << 20
+    assert "u" in live.evicted and "flood-1999" in live.events and "flood-0" in live.evicted
+    assert live.bytes == sum(live.user_bytes.values())  # no items: every byte is a user's
+    live.set_events("u", ["a", "b"])  # a reload: back, and no longer evicted
+    assert live.events["u"] == ["a", "b"] and "u" not in live.evicted
+
+
+def test_an_evicted_user_is_reloaded_from_the_log_when_read_or_posting_again(tmp_path, monkeypatch) -> None:
+    from raysys.data.event_log import EventLogWriter, event_record
+
+    monkeypatch.setattr(state, "TAIL_S", 0.05)
+
+    async def scenario() -> None:
+        log = EventLogWriter(tmp_path, "r0", seal_records=300)
+        store = LiveStore(Limits(max_bytes=1 << 20))
+        await store.open_log(str(tmp_path), ["skip"])
+        posted: dict[str, list[str]] = {}
+        for n in range(3000):  # 60 users x 50 ids of 400 characters: ~1.2 MiB, over the 1 MiB budget
+            user, item = f"u{n % 60}", f"{n:06d}" + "x" * 394
+            event = "skip" if n % 7 == 0 else "click"
+            (seq,) = log.append([event_record(user, item, event, float(n))])
+            await store.append_events(user, [item], ("r0", seq), positive=event != "skip")
+            if event != "skip":
+                posted.setdefault(user, []).append(item)
+        stats = store.stats()
+        assert stats["bytes"] <= 1 << 20 and stats["evicted"] > 0 and stats["sealed_segments"] >= 9
+        assert stats["delta_bytes"] <= (1 << 20) // 4
+        gone = next(u for u in posted if u in store.state.evicted)
+        assert (await store.read([gone], 0)).events == {gone: posted[gone]}  # through the index
+        other = next(u for u in posted if u in store.state.evicted)
+        (seq,) = log.append([event_record(other, "new", "click", 1e6)])
+        assert await store.append_events(other, ["new"], ("r0", seq)) == len(posted[other]) + 1
+        assert store.state.events[other] == [*posted[other], "new"]
         log.close()
         store._tail_task.cancel()
 
