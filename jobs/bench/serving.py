@@ -255,12 +255,19 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def run_wrk(
-    url: str, script: Path, threads: int, connections: int, duration: int, script_args: list[str], cpu: int
+    url: str,
+    script: Path,
+    threads: int,
+    connections: int,
+    duration: int,
+    script_args: list[str],
+    cpu: int,
+    path: str = "/recommend",
 ) -> dict[str, Any]:
-    """Run wrk pinned to `cpu` against POST URL/recommend; the figures its script's done() printed."""
+    """Run wrk pinned to `cpu` against POST URL+path; the figures its script's done() printed."""
     cmd = [
         *["taskset", "-c", str(cpu), "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"],
-        *["--latency", "--timeout", WRK_TIMEOUT, "-s", str(script), f"{url}/recommend", "--", *script_args],
+        *["--latency", "--timeout", WRK_TIMEOUT, "-s", str(script), f"{url}{path}", "--", *script_args],
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
