@@ -9,7 +9,8 @@ to a temporary name, fsynced, renamed) and only then removes the write-ahead fil
 directory:
 
     wal-<writer>-<segment>.jsonl      a writer's open segment (one record per line)
-    seg-<writer>-<segment>.parquet    a sealed segment (RECORD_SCHEMA), never changed again
+    seg-<writer>-<segment>.parquet    a sealed segment (RECORD_SCHEMA, sorted by user in 1,024-row groups), never
+                                      changed again
     writer-<writer>.lock              held (flock) by the live writer of that name
 
 A writer that starts finds what its previous incarnation left: a write-ahead file whose segment was
@@ -22,6 +23,8 @@ each once.
         log.append([event_record("u1", "i42"), item_record("new-1", embedding)])   # durable on return
     table = read_log(root)               # RECORD_SCHEMA, in (writer, seq) order
     interactions(table)                  # user_id, item_id, timestamp, event: what training reads
+    readable_files(root), read_events_file(path)   # the same, one file at a time (Ray Data's read tasks)
+    tailer = LogTailer(root, index := UserIndex()); tailer.poll(); index.events("u1")   # one user, no scan
 """
 
 from __future__ import annotations

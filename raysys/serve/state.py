@@ -20,6 +20,11 @@ serves stale data, and a fresh store (after a crash; its `epoch` changes) sends 
 copy. Events are keyed by original ids, so they survive a hot reload to a model with another
 vocabulary.
 
+Memory is bounded (`Limits`, from serve.live_*): per user the most recent ids within a count and a
+byte cap, and in all a byte budget past which the users updated longest ago are evicted; an evicted
+user's events come back from the log through the store's per-segment user index when it is read or
+posts again (`LiveStore.read`, `append_events`).
+
 The store is a cache of the durable event log (event_log.py): replicas write each record to the log
 before they acknowledge it, then push it here with its log key (writer, seq). The store learns the
 log's directory from the replicas (`open_log`, also sent with every `follow`), rebuilds its state from
@@ -89,7 +94,7 @@ class LiveState:
     Memory is counted as the Python objects cost (`id_bytes`, USER_BYTES, ITEM_BYTES): a user's events
     keep their most recent ids within max_events_per_user and max_user_bytes, and when everything passes
     max_bytes the users updated longest ago are evicted (their ids go to `evicted`, so a reader knows to
-    reload them from the event log; `LiveStore.reload`)."""
+    have the store reload them from the event log: `LiveStore.read`)."""
 
     limits: Limits = field(default_factory=Limits)
     events: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)  # least recently updated first
@@ -226,7 +231,7 @@ class LiveStore:
         self.version = 0
         self.lease_s = lease_s
         self._deltas: deque[Delta] = deque(maxlen=MAX_DELTAS)
-        self._delta_bytes = 0  # what the kept deltas cost: at most a quarter of limits.max_bytes
+        self._delta_bytes = 0  # what the kept deltas cost (capped: `_publish`)
         self._followers: dict[str, tuple[int, float]] = {}  # mirror -> (acknowledged version, lease end)
         self._changed: asyncio.Condition | None = None  # created on the actor's event loop
         self._api_key_sha256: str | None = None  # the last one a replica was configured with
@@ -416,8 +421,8 @@ class LiveStore:
                 return
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(*args)` on the store's one reading thread: the log is read one call at a time, and one
-        thread keeps the allocator to one extra arena (measured: a flood's RSS grows ~25 % less)."""
+        """`fn(*args)` on the store's one reading thread: the log is read one call at a time, and its
+        transient allocations stay in one extra malloc arena."""
         if self._reader is None:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix="live-store-log")
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
