@@ -11,7 +11,8 @@
 # and the wheels of DeepSpeed, pydantic and hjson for Python 3.12. `run` writes to OUT: log.txt,
 # mfu_b32.json, mfu_b128.json (jobs/bench/mfu.py, Llama 1024x8, bf16, DeepSpeed ZeRO 0) and
 # ladder.jsonl / ladder.json (jobs/bench/teacher_ladder.py: every size x setting at seed 0 in parallel,
-# then each size's best setting on valid at seeds 1 and 2).
+# then each size's best setting on valid at seeds 1 and 2), starting from the runs earlier leases
+# finished (jobs/bench/results/teacher_ladder_h200.jsonl; append the new ladder.jsonl's lines there).
 set -euo pipefail
 mode=${1:?usage: gpu_session.sh pack DIR | run DIR OUT}
 dir=${2:?usage: gpu_session.sh pack DIR | run DIR OUT}
@@ -65,12 +66,14 @@ ladder=(python3 jobs/bench/teacher_ladder.py --config jobs/configs/ml100k.yaml -
 echo "== smoke: one epoch of each stage"
 "${ladder[@]}" --sizes 128x2 --settings shipped --out /tmp/smoke pretrain.epochs=1 finetune.epochs=1
 
-echo "== MFU"  # a failure here does not stop the ladder
-for batch in 32 128; do
+echo "== MFU (MFU=0 skips it)"  # a failure here does not stop the ladder
+for batch in $([ "${MFU:-1}" = 0 ] || echo 32 128); do
     timeout 150 python3 jobs/bench/mfu.py --batch "$batch" --out "/tmp/mfu$batch" &&
         cp "/tmp/mfu$batch/bench_mfu.json" "$out/mfu_b$batch.json" || echo "mfu at batch $batch failed"
 done
 
+# Resume: the runs of earlier leases (jobs/bench/results/teacher_ladder_h200.jsonl) are skipped.
+[ -f jobs/bench/results/teacher_ladder_h200.jsonl ] && cp jobs/bench/results/teacher_ladder_h200.jsonl "$out/ladder.jsonl"
 echo "== teacher ladder (stopped after LADDER_S=${LADDER_S:=420} s; finished runs are in ladder.jsonl)"
 timeout "$LADDER_S" "${ladder[@]}" --sizes 1024x8,512x8,512x4,256x4,128x2 --parallel "${PARALLEL:-8}" \
     --best-seeds 1,2 --out "$out" || echo "ladder stopped: $?"
