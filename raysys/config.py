@@ -268,7 +268,12 @@ class ReplicaOptions(Section):
     # The durable event log (raysys/data/event_log.py): /events and /items answer only once their records
     # are fsynced here, and the live store is rebuilt from it. `raysys serve` and the pipeline's smoke stage
     # use RUN/event_log; None (a bare `serve deploy`): ~/.cache/raysys/event_log on the replicas' node.
+    # An s3:// or gs:// URI (raysys/data/remote_log.py): records are fsynced in a local stage before the
+    # answer, and each sealed segment is uploaded there (so the URI trails by at most a segment's age).
     event_log: str | None = None
+    # Where a URI event_log is staged on each node (None: ~/.cache/raysys/event_log_stage); keep it on a
+    # persistent volume: until sealed and uploaded, acknowledged records live only there.
+    event_log_stage: str | None = None
     # The live state (events posted since training, items added), held by the live store and copied in every
     # replica: per user the most recent live_max_events_per_user ids within live_max_user_bytes; over
     # live_store_max_bytes in all, the users updated longest ago are evicted from memory and reloaded from

@@ -20,7 +20,9 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from raysys.errors import RaysysError
 
@@ -83,6 +85,19 @@ def read_text(uri: str) -> str:
             return f.read().decode()
 
     return _call(uri, read)
+
+
+def list_files(uri: str) -> dict[str, int]:
+    """The files directly under the directory `uri`: name -> size in bytes ({} when there is none)."""
+    fs, path = filesystem(uri)
+    infos = _call(uri, lambda: fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)))
+    return {info.base_name: info.size for info in infos if info.type == pafs.FileType.File}
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet file at `uri` (only `columns` when given)."""
+    fs, path = filesystem(uri)
+    return _call(uri, lambda: pq.read_table(path, filesystem=fs, columns=columns))
 
 
 def upload_dir(local: Path, uri: str) -> None:

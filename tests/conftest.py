@@ -20,9 +20,10 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_server):
     """A real local Ray cluster shared by the whole session (4 logical CPUs on a 2-core machine,
-    so a Ray Train worker and the Ray Data tasks feeding it never wait for each other)."""
+    so a Ray Train worker and the Ray Data tasks feeding it never wait for each other). Started after
+    the session's S3 server, so its workers (Serve replicas writing an s3:// event log) reach it too."""
     import ray
 
     if not ray.is_initialized():

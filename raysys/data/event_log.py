@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -47,6 +48,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysys.errors import RaysysError
+
+logger = logging.getLogger(__name__)
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -87,17 +90,34 @@ class EventLogWriter:
     """One writer's appends to the log directory `root` (see the module docstring); thread-safe."""
 
     def __init__(
-        self, root: str | Path, writer: str, *, seal_records: int = 10_000, seal_seconds: float = 60.0
+        self,
+        root: str | Path,
+        writer: str,
+        *,
+        seal_records: int = 10_000,
+        seal_seconds: float = 60.0,
+        remote: str | None = None,
     ) -> None:
+        """remote: an s3:// or gs:// URI each sealed segment is uploaded to (remote_log.py); `root` is then
+        the local stage, where appends are made durable before they return."""
         if not WRITER_NAME.match(writer):
             raise RaysysError(f"event log writer name {writer!r} may hold only letters, digits, '_' and '.'")
         if seal_records < 1 or seal_seconds <= 0:
             raise RaysysError("seal_records must be >= 1 and seal_seconds > 0", where="event log")
-        self.root, self.writer = Path(root), writer
+        self.root, self.writer, self.remote = Path(root), writer, remote
         self.seal_records, self.seal_seconds = seal_records, seal_seconds
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_writer_lock(self.root / f"writer-{writer}.lock")
         self.segment, self.next_seq = recover(self.root, writer)
+        self.uploader = None
+        if remote is not None:  # lazily: remote_log builds on this module
+            from raysys.data.remote_log import SegmentUploader, remote_resume
+
+            try:  # a stage that lost this writer's files continues after the uploaded ones
+                self.segment, self.next_seq = max((self.segment, self.next_seq), remote_resume(remote, writer))
+            except RaysysError as exc:  # the store is down: appends stay local until it is back
+                logger.warning("event log: %s not reachable at start, numbering from the stage: %s", remote, exc)
+            self.uploader = SegmentUploader(self.root, remote, writer)
         self.fsyncs = 0  # fsyncs of write-ahead files so far (the group commit's count)
         self._cond = threading.Condition()
         self._records: list[dict[str, Any]] = []  # the open segment's records, kept for sealing
@@ -143,6 +163,8 @@ class EventLogWriter:
             os.close(self._fd)
             if not self._records:
                 self._wal(self.segment).unlink(missing_ok=True)  # an empty open segment leaves no file
+        if self.uploader is not None:
+            self.uploader.close()  # a last upload; what fails stays in the stage for the next try
         os.close(self._lock_fd)
 
     def __enter__(self) -> EventLogWriter:
@@ -211,6 +233,8 @@ class EventLogWriter:
         self._records = []
         self.segment += 1
         self._fd = self._open_segment()
+        if self.uploader is not None:
+            self.uploader.kick()
 
 
 # ------------------------------------------------------------------------------------- reading on
@@ -370,6 +394,10 @@ def _wal_of(segment: Path) -> Path:
     return segment.with_name("wal-" + segment.name.removeprefix("seg-")).with_suffix(".jsonl")
 
 
+def _segment_of(wal: Path) -> Path:
+    return wal.with_name("seg-" + wal.name.removeprefix("wal-")).with_suffix(".parquet")
+
+
 def _read_lines(wal: Path, spans: array, user_id: str) -> list[dict[str, Any]]:
     """A user's records from a write-ahead file at (offset, length) spans; from its sealed segment when
     it was sealed meanwhile."""
@@ -381,8 +409,7 @@ def _read_lines(wal: Path, spans: array, user_id: str) -> list[dict[str, Any]]:
                 lines.append(json.loads(f.read(spans[i + 1])))
             return lines
     except FileNotFoundError:
-        segment = wal.with_name("seg-" + wal.name.removeprefix("wal-")).with_suffix(".parquet")
-        table = pq.read_table(segment, columns=EVENT_COLUMNS, filters=[("user_id", "=", user_id)])
+        table = pq.read_table(_segment_of(wal), columns=EVENT_COLUMNS, filters=[("user_id", "=", user_id)])
         return table.filter(pc.equal(table["kind"], "event")).to_pylist()
 
 
@@ -508,7 +535,7 @@ def read_events_file(path: str | Path) -> pa.Table:
     write-ahead file sealed since it was listed is read from its sealed segment instead."""
     path = Path(path)
     if path.name.startswith("wal-") and not path.exists():
-        path = path.with_name("seg-" + path.name.removeprefix("wal-")).with_suffix(".parquet")
+        path = _segment_of(path)
     if path.suffix == ".parquet":
         table = pq.read_table(path, schema=RECORD_SCHEMA)
     else:
@@ -530,6 +557,18 @@ def _drop_repeats(table: pa.Table) -> pa.Table:
     first = np.ones(table.num_rows, dtype=bool)
     first[1:] = (writer[1:] != writer[:-1]) | (seq[1:] != seq[:-1])
     return table if first.all() else table.filter(pa.array(first))
+
+
+def sealed_segments(root: str | Path, writer: str | None = None) -> list[Path]:
+    """The sealed segment files in the log directory `root` (of one writer), by segment."""
+    root = Path(root)
+    return [path for kind, _, path in _log_files(root, writer) if kind == "seg"] if root.is_dir() else []
+
+
+def segment_name(name: str) -> tuple[str, int] | None:
+    """(writer, segment) of a sealed segment's file name; None for any other name."""
+    match = FILE_NAME.match(name)
+    return (match.group(2), int(match.group(3))) if match and match.group(1) == "seg" else None
 
 
 def _log_files(root: Path, writer: str | None = None) -> list[tuple[str, int, Path]]:

@@ -34,6 +34,7 @@ import logging
 import re
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raysys import __version__
 from raysys.data.event_log import EventLogWriter, event_record, item_record
+from raysys.data.remote_log import log_location
 from raysys.errors import RaysysError
 from raysys.models.export import read_model_config
 from raysys.serve.metrics import ServeMetrics
@@ -139,7 +141,8 @@ class Recommender:
             raise ValueError(f"invalid user_config for {DEPLOYMENT_NAME}: {exc}") from None
         settings = await self._settle_api_key(settings)
         negative = negative_events(read_model_config(Path(settings.model_dir)))
-        await self._open_log(str(Path(settings.event_log or DEFAULT_EVENT_LOG).expanduser().resolve()), negative)
+        local, remote = log_location(settings.event_log or DEFAULT_EVENT_LOG, settings.event_log_stage)
+        await self._open_log(str(local), remote, negative)
         self.mirror.start()
         limits = Limits(settings.live_max_events_per_user, settings.live_max_user_bytes, settings.live_store_max_bytes)
         try:
@@ -172,20 +175,22 @@ class Recommender:
             logger.warning('user_config names no api_key_sha256: the API key stays on ("off" turns it off)')
         return settings
 
-    async def _open_log(self, root: str, negative: list[str]) -> None:
-        """Write the event log at `root` from now on (this replica's writer, named after it) and tell the
+    async def _open_log(self, root: str, remote: str | None, negative: list[str]) -> None:
+        """Write the event log at `root` from now on (this replica's writer, named after it; with `remote`,
+        an object-store URI, `root` is its local stage and sealed segments are uploaded) and tell the
         live store, which rebuilds from it if it is not its cache yet (every follow tells it too), with
         the event types it keeps out of histories (`negative`, the model's)."""
         self.mirror.negative_events = negative
-        if self.log is not None and str(self.log.root) == root:
+        if self.log is not None and (str(self.log.root), self.log.remote) == (root, remote):
             return
         name = re.sub(r"[^A-Za-z0-9_.]", "_", self.replica_tag)
-        old, self.log = self.log, await asyncio.to_thread(EventLogWriter, root, name)
-        self.mirror.log_root = root
+        writer = partial(EventLogWriter, root, name, remote=remote)
+        old, self.log = self.log, await asyncio.to_thread(writer)
+        self.mirror.log_root, self.mirror.log_remote = root, remote
         if old is not None:
             await asyncio.to_thread(old.close)
         try:
-            await self.store.call("open_log", root, negative, timeout_s=30.0)
+            await self.store.call("open_log", root, negative, remote, timeout_s=30.0)
         except StoreUnavailable as exc:
             logger.warning("live store not told of the event log yet (its next follow will): %s", exc)
 

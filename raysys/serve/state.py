@@ -51,6 +51,8 @@ import numpy as np
 
 from raysys.config import DataConfig
 from raysys.data.event_log import LogTailer, UserIndex, seal_orphans
+from raysys.data.remote_log import pull_segments, push_segments
+from raysys.errors import RaysysError
 
 logger = logging.getLogger("ray.serve")
 
@@ -236,6 +238,7 @@ class LiveStore:
         self._changed: asyncio.Condition | None = None  # created on the actor's event loop
         self._api_key_sha256: str | None = None  # the last one a replica was configured with
         self.log_root: str | None = None  # the event log this store is a cache of (None: not told yet)
+        self.log_remote: str | None = None  # its object-store URI, when root is a stage (remote_log.py)
         self.negative_events: frozenset[str] = frozenset(DataConfig().negative_events)  # kept out of histories
         self._tailer: LogTailer | None = None
         self._index = UserIndex()  # where each user's records are in the log (reloads of evicted users)
@@ -275,10 +278,11 @@ class LiveStore:
         await self._publish("item", item_id, self.state.items[-1][1])
         return True
 
-    async def open_log(self, root: str, negative_events: list[str] | None = None) -> None:
+    async def open_log(self, root: str, negative_events: list[str] | None = None, remote: str | None = None) -> None:
         """Become the cache of the event log at `root`: rebuild the state from it (a new epoch, so every
         mirror gets a full copy) and tail it. No-op when already so. negative_events: the event types
-        kept out of histories (the served model's), from now on.
+        kept out of histories (the served model's), from now on. remote: the log's object-store URI
+        (`root` is its local stage): the segments the stage lacks are downloaded first.
 
         The rebuild reads the log a chunk at a time into the user index and takes in the added items;
         every user with events starts evicted, so its events come back through the index (in time order,
@@ -295,6 +299,8 @@ class LiveStore:
             index = UserIndex()
             tailer = LogTailer(root, index)
             await self._io(seal_orphans, root)
+            if remote is not None:
+                await self._sync_remote(root, remote)
             state = LiveState(self.state.limits)
             while True:
                 for record in await self._io(tailer.poll):
@@ -304,7 +310,7 @@ class LiveStore:
                         state.forget(record["user_id"])
                 if not tailer.behind:
                     break
-            self.state, self._tailer, self._index, self.log_root = state, tailer, index, root
+            self.state, self._tailer, self._index, self.log_root, self.log_remote = state, tailer, index, root, remote
             self.epoch, self.version = uuid.uuid4().hex, self.version + 1
             self._deltas.clear()
             self._delta_bytes = 0
@@ -346,6 +352,7 @@ class LiveStore:
         wait_s: float = FOLLOW_WAIT_S,
         log_root: str | None = None,
         negative_events: list[str] | None = None,
+        log_remote: str | None = None,
     ) -> Update:
         """Acknowledge `since` for `mirror` and renew its lease; answer with the changes after it as
         soon as there are any, or after `wait_s` with none. `log_root`: the event log the replica
@@ -354,7 +361,7 @@ class LiveStore:
         if negative_events is not None:
             self.negative_events = frozenset(negative_events)
         if log_root is not None and self.log_root is None:
-            await self.open_log(log_root)
+            await self.open_log(log_root, remote=log_remote)
         acknowledged = since if epoch == self.epoch else -1
         self._followers[mirror] = (acknowledged, time.monotonic() + self.lease_s + LEASE_MARGIN_S)
         async with self._condition():
@@ -447,12 +454,26 @@ class LiveStore:
             try:
                 if time.monotonic() - last_sweep > SEAL_ORPHANS_S:
                     await self._io(seal_orphans, tailer.root)
+                    if self.log_remote is not None and self._tailer is tailer:
+                        await self._sync_remote(str(tailer.root), self.log_remote)
                     last_sweep = time.monotonic()
                 async with self._lock_log():
                     if self._tailer is tailer:
                         await self._take_in()
             except Exception as exc:  # noqa: BLE001 - a bad read must not end the tailing
                 logger.warning("live store: reading the event log failed: %s", exc)
+
+    async def _sync_remote(self, root: str, remote: str) -> None:
+        """Upload the stage's sealed segments the URI lacks (dead writers' too) and download the ones the
+        stage lacks (other nodes' writers'); an unreachable store is logged, the stage serves meanwhile."""
+        try:
+            pushed = await self._io(push_segments, root, remote)
+            pulled = await self._io(pull_segments, remote, root)
+        except RaysysError as exc:
+            logger.warning("live store: syncing the event log with %s failed: %s", remote, exc)
+            return
+        if pushed or pulled:
+            logger.info("live store: %s: %d segments uploaded, %d downloaded", remote, len(pushed), len(pulled))
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
@@ -544,6 +565,7 @@ class LiveMirror:
         self.current_until = 0.0  # monotonic time until which local reads are allowed
         self.lost = False  # the last follow failed (logged once per outage)
         self.log_root: str | None = None  # the event log the replica writes, told to the store with each follow
+        self.log_remote: str | None = None  # its object-store URI (log_root is then its stage)
         self.negative_events: list[str] | None = None  # the served model's, told likewise
         self.task: asyncio.Task | None = None
 
@@ -562,7 +584,8 @@ class LiveMirror:
         while True:
             sent = time.monotonic()
             try:
-                args = (self.name, self.epoch, self.version, FOLLOW_WAIT_S, self.log_root, self.negative_events)
+                log = (self.log_root, self.negative_events, self.log_remote)
+                args = (self.name, self.epoch, self.version, FOLLOW_WAIT_S, *log)
                 update = await self.client.call("follow", *args, timeout_s=FOLLOW_WAIT_S + 2.0)
             except asyncio.CancelledError:
                 raise

@@ -167,3 +167,45 @@ def test_a_replica_killed_mid_write_loses_and_duplicates_no_acknowledged_event(s
         for i in row["items"]
     ]
     assert set(acknowledged) <= set(read_back) and len(read_back) == len(set(read_back))
+
+
+def test_an_s3_event_log_acknowledges_from_the_stage_and_a_fresh_stage_rebuilds_from_the_uri(
+    served, brute_force, tmp_path, s3_server
+) -> None:
+    """serve.event_log an s3:// URI (moto): /events answers from the node's stage; moved to a new stage
+    (a new disk), every replica seals and uploads what it wrote, and the live store rebuilds from the
+    URI alone: each user still ranks with its events, and the URI holds each acknowledged event once."""
+    import shutil
+
+    import boto3
+
+    from raysys import storage
+
+    boto3.client("s3").create_bucket(Bucket="raysys-serve-log")
+    uri, first, second = "s3://raysys-serve-log/events", tmp_path / "node-a", tmp_path / "node-b"
+    offline = load_model_dir(served.model_dirs["text"])
+    posted = {f"u{n}": [f"i{140 + n}", f"i{160 + n}"] for n in range(32, 36)}
+    try:
+        served.configure(num_replicas=2, event_log=uri, event_log_stage=str(first))
+        for user, items in posted.items():
+            answer = post(served, "/events", {"user_id": user, "item_ids": items})
+            assert answer.status_code == 200, answer.text
+        assert list(first.rglob("wal-*.jsonl"))  # acknowledged from the stage's write-ahead files
+
+        served.configure(num_replicas=2, event_log=uri, event_log_stage=str(second))
+        shutil.rmtree(first)  # the old disk is gone: what the store serves now came through the URI
+
+        def every_user_reflects_its_events() -> None:
+            for user, items in posted.items():
+                expected = [i for i, _ in brute_force(offline, [*offline.user_histories[user], *items], 10)[0]]
+                assert ranked(post(served, "/recommend", {"user_id": user, "k": 10})) == expected, user
+
+        eventually(every_user_reflects_its_events)
+        uploaded = sorted(storage.list_files(uri))  # the replicas' segments (one each that took posts)
+        assert uploaded and sorted(p.name for p in second.rglob("seg-*.parquet")) == uploaded  # downloaded
+        storage.download_dir(uri, tmp_path / "copy")
+        logged = interactions(read_log(tmp_path / "copy"))
+        pairs = sorted(zip(logged["user_id"].to_pylist(), logged["item_id"].to_pylist(), strict=True))
+        assert pairs == sorted((u, i) for u, items in posted.items() for i in items)  # all, once each
+    finally:
+        served.configure(num_replicas=2)  # the session's local log again for the tests after
