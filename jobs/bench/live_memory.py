@@ -173,6 +173,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.part == "flood" and os.environ.get("RAYSYS_BENCH_CHILD") != "1":
         sys.exit(rerun_with_store_env())
+    Path(args.dir or out).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="live-", dir=args.dir or out))
     result: dict[str, Any] = {"settings": vars(args), "load_start": os.getloadavg()[0], "cpus": os.cpu_count()}
     try:
