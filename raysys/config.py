@@ -67,6 +67,13 @@ class DataConfig(Section):
     # (the "test/cold_items" slice). A user whose training part would be left empty loses its evaluation
     # instead (its held-out items go too). 0 = off.
     cold_item_holdout: float = Field(0.0, ge=0.0, lt=1.0)
+    # Interactions after this time (seconds since the epoch, as the log's timestamps) are left out: a model
+    # trained on the past, for `raysys update` to continue on what came after. None = everything.
+    time_cutoff: float | None = None
+    # A prepared dataset whose vocabularies this one extends: its user and item ids keep their indices and
+    # ids it lacks are appended (in the usual order), so a model trained on it can be warm-started here
+    # (`raysys update`). Its ids are never filtered out (data.min_*_interactions apply to new ids only).
+    vocab_from: str | None = None
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
 
@@ -164,7 +171,9 @@ class PretrainConfig(TrainingConfig):
     """Teacher pretraining: a weighted mix of self-supervised objectives, or a fine-tune task."""
 
     task: Literal["pretrain", "next_item", "ctr"] = "pretrain"
-    init_from: str | None = None  # a model directory to fine-tune from
+    # A model directory to fine-tune from. Its items must be the first of this dataset's: the same
+    # dataset, or one prepared with data.vocab_from (new items start from their fresh initialisation).
+    init_from: str | None = None
     weight_next_item: float = Field(1.0, ge=0)
     weight_masked_item: float = Field(0.0, ge=0)
     weight_contrastive: float = Field(0.0, ge=0)
@@ -185,6 +194,9 @@ class DistillConfig(TrainingConfig):
     """Student training: L = L_rec + lambda_ssl * L_ssl + lambda_kd * L_kd from a frozen teacher."""
 
     teacher: str | None = None  # the teacher's model directory
+    # A student model directory to continue from (`raysys update`); its items must be the first of this
+    # dataset's (data.vocab_from), the new ones start fresh.
+    init_from: str | None = None
     lambda_ssl: float = Field(0.1, ge=0)
     lambda_kd: float = Field(1.0, ge=0)
     temperature: float = Field(2.0, gt=0)
@@ -356,6 +368,7 @@ PATH_KEYS = (
     "distill.teacher",
     "pretrain.init_from",
     "finetune.init_from",
+    "distill.init_from",
     "serve.model_dir",
 )
 

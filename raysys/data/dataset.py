@@ -88,6 +88,14 @@ class PreparedDataset:
     def item_vocab(self) -> pa.Table:
         return pq.read_table(self.path / "item_vocab.parquet")
 
+    def item_ids(self) -> list[str]:
+        """Original item ids by index ("" for pad and mask)."""
+        ids = [""] * self.num_items
+        vocab = self.item_vocab()
+        for item_id, index in zip(vocab["item_id"].to_pylist(), vocab["item_index"].to_pylist(), strict=True):
+            ids[index] = item_id
+        return ids
+
     def user_vocab(self) -> pa.Table:
         return pq.read_table(self.path / "user_vocab.parquet")
 

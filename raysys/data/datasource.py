@@ -59,7 +59,8 @@ class InteractionLogDatasource(Datasource):
             meta = BlockMetadata(
                 num_rows=file.num_rows, size_bytes=rows * BYTES_PER_ROW, exec_stats=None, input_files=[file.path]
             )
-            read = partial(read_log_file, file, self._on_bad_rows, self._source.negative_events)
+            source = self._source
+            read = partial(read_log_file, file, self._on_bad_rows, source.negative_events, source.time_cutoff)
             tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
@@ -70,9 +71,11 @@ def read_interactions(source: LogSource, on_bad_rows: str) -> ray.data.Dataset:
     return ray.data.read_datasource(datasource, override_num_blocks=len(source.files))
 
 
-def read_log_file(file: LogFile, on_bad_rows: str, negative_events: tuple[str, ...] = ()) -> Iterator[pa.Table]:
+def read_log_file(
+    file: LogFile, on_bad_rows: str, negative_events: tuple[str, ...] = (), time_cutoff: float | None = None
+) -> Iterator[pa.Table]:
     """Normalized blocks of one LogFile (runs inside a Ray read task), without the rows whose event
-    type is one of `negative_events`.
+    type is one of `negative_events` or whose time is after `time_cutoff`.
 
     Never raises for a problem in the data: bad rows are marked (with on_bad_rows='fail' the file is
     not read past the first block holding one, since the run will stop), and a file that cannot be
@@ -82,7 +85,7 @@ def read_log_file(file: LogFile, on_bad_rows: str, negative_events: tuple[str, .
     try:
         for first_row, raw in _raw_tables(file):
             block = normalize_rows(raw, file.rows, first_row)
-            yield drop_events(block, negative_events)
+            yield drop_after(drop_events(block, negative_events), time_cutoff)
             row = first_row + raw.num_rows
             if on_bad_rows == "fail" and pc.max(block["reason"]).as_py():
                 return
@@ -175,6 +178,13 @@ def drop_events(block: pa.Table, events: tuple[str, ...]) -> pa.Table:
         return block
     values = pc.cast(block["event"], pa.string())
     return block.filter(pc.invert(pc.fill_null(pc.is_in(values, pa.array(events, pa.string())), False)))
+
+
+def drop_after(block: pa.Table, cutoff: float | None) -> pa.Table:
+    """The block without the rows whose timestamp is after `cutoff` (bad rows, without one, are kept)."""
+    if cutoff is None:
+        return block
+    return block.filter(pc.fill_null(pc.less_equal(pc.cast(block["timestamp"], pa.float64()), cutoff), True))
 
 
 def _sequence_tables(file: LogFile) -> Iterator[tuple[int, pa.Table]]:

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from raysys.data.sequences import (
     build_user_rows,
     build_vocab,
     encode_block,
+    extend_vocab,
     file_sha256,
     kcore_counts,
     summarize_block,
@@ -100,7 +101,7 @@ def prepare_or_reuse(cfg: DataConfig, *, progress: bool = True) -> PrepareResult
     start = time.perf_counter()
     status = Status(progress, start)
     source = resolve_source(cfg)
-    inputs = fingerprint_files(source.input_paths)
+    inputs = fingerprint_files([*source.input_paths, *base_vocab_files(cfg)])
     root = Path(cfg.cache_dir).expanduser()
     target = root / dataset_key(cfg, inputs)
     if is_complete(target):
@@ -141,6 +142,9 @@ def prepare_dataset(
         rows = read_interactions(source, cfg.on_bad_rows).materialize()
         summary = summarize_log(rows, source)
         raise_for_bad_rows(summary, source, cfg.on_bad_rows)
+        base = base_vocabs(cfg)
+        if base is not None:
+            summary = extend_vocabs(summary, *base)
         status(
             f"{summary.num_input_rows:,} rows, {len(summary.user_vocab):,} users, "
             f"{len(summary.item_vocab):,} items; grouping by user"
@@ -149,7 +153,7 @@ def prepare_dataset(
         if cfg.min_user_interactions or cfg.min_item_interactions:
             users = users.materialize()
             del rows  # the normalized rows are no longer needed: free them from the object store
-            user_map, item_map = kcore_maps(users, summary, cfg, status)
+            user_map, item_map = kcore_maps(users, summary, cfg, status, keep=base_sizes(base))
         else:
             user_map = np.arange(len(summary.user_vocab), dtype=np.int32)
             item_map = np.arange(FIRST_ITEM_INDEX, len(summary.item_vocab) + FIRST_ITEM_INDEX, dtype=np.int32)
@@ -251,9 +255,40 @@ def user_rows(rows: Dataset, summary: LogSummary) -> Dataset:
     return encoded.groupby("bucket").map_groups(build_user_rows, batch_format="pyarrow")
 
 
-def kcore_maps(users: Dataset, summary: LogSummary, cfg: DataConfig, status: Status) -> tuple[np.ndarray, np.ndarray]:
+def base_vocab_files(cfg: DataConfig) -> list[str]:
+    """The vocabulary files of `data.vocab_from` (inputs of the dataset: their contents enter its key)."""
+    if cfg.vocab_from is None:
+        return []
+    base = PreparedDataset.open(cfg.vocab_from)
+    return [str(base.path / "user_vocab.parquet"), str(base.path / "item_vocab.parquet")]
+
+
+def base_vocabs(cfg: DataConfig) -> tuple[pa.Array, pa.Array] | None:
+    """(user ids, item ids) of `data.vocab_from` in index order, or None."""
+    if cfg.vocab_from is None:
+        return None
+    base = PreparedDataset.open(cfg.vocab_from)
+    users, items = base.user_vocab().sort_by("user_index"), base.item_vocab().sort_by("item_index")
+    return users["user_id"].combine_chunks(), items["item_id"].combine_chunks()
+
+
+def base_sizes(base: tuple[pa.Array, pa.Array] | None) -> tuple[int, int]:
+    return (0, 0) if base is None else (len(base[0]), len(base[1]))
+
+
+def extend_vocabs(summary: LogSummary, users: pa.Array, items: pa.Array) -> LogSummary:
+    """The summary with vocabularies that start with the base ids, in their order (so they keep their
+    indices), followed by the log's ids the base lacks."""
+    user_vocab, item_vocab = extend_vocab(users, summary.user_vocab), extend_vocab(items, summary.item_vocab)
+    return replace(summary, user_vocab=user_vocab, item_vocab=item_vocab)
+
+
+def kcore_maps(
+    users: Dataset, summary: LogSummary, cfg: DataConfig, status: Status, keep: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, np.ndarray]:
     """Step 5: iterate the k-core to a fixed point; returns (user_map, item_map) from vocab positions to
-    final indices (-1 / 0 for filtered users / items)."""
+    final indices (-1 / 0 for filtered users / items). keep: how many leading users and items (a base
+    vocabulary's) are never filtered, so they keep their indices."""
     user_alive = np.ones(len(summary.user_vocab), dtype=bool)
     item_alive = np.ones(len(summary.item_vocab), dtype=bool)
     for round_ in itertools.count(1):
@@ -266,10 +301,13 @@ def kcore_maps(users: Dataset, summary: LogSummary, cfg: DataConfig, status: Sta
             )
         )
         dead = np.concatenate([c.flatten().to_numpy() for c in table["dead_users"].chunks]).astype(np.int64)
+        dead = dead[dead >= keep[0]]  # a base user stays, whatever its count
         counts = np.concatenate([c.flatten().to_numpy() for c in table["item_counts"].chunks])
         counts = counts.reshape(-1, len(item_alive)).sum(axis=0)  # [blocks, items] -> [items]
         user_alive[dead] = False
+        user_alive[: keep[0]] = True
         new_item_alive = item_alive & (counts >= max(cfg.min_item_interactions, 1))
+        new_item_alive[: keep[1]] = True
         changed = len(dead) > 0 or bool((new_item_alive != item_alive).any())
         item_alive = new_item_alive
         status(f"k-core round {round_}: {int(user_alive.sum()):,} users, {int(item_alive.sum()):,} items left")
@@ -362,6 +400,8 @@ def _manifest(
         "has_ratings": source.has_ratings,
         "has_events": source.has_events,
         "negative_events": list(cfg.negative_events),  # the policy (rows left out when the log has events)
+        # The latest kept interaction's time: what came after it is new to models trained here (raysys update)
+        "max_timestamp": int(pc.max(shards["max_timestamp"]).as_py()) if shards.num_rows else -1,
         "outputs": outputs,
     }
 

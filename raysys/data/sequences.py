@@ -76,6 +76,13 @@ def build_vocab(ids: pa.Array) -> pa.Array:
     return ids.take(order)
 
 
+def extend_vocab(base: pa.Array, ids: pa.Array) -> pa.Array:
+    """`base` (a vocabulary, in index order) followed by the distinct `ids` it lacks, in `build_vocab` order."""
+    base = base.cast(ids.type)
+    new = ids.filter(pc.invert(pc.is_in(ids, value_set=base))) if len(base) else ids
+    return pa.concat_arrays([base, build_vocab(new).cast(ids.type)])
+
+
 def _as_list_cell(values: pa.Array) -> pa.Array:
     """A one-row list array holding `values`."""
     return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
@@ -259,6 +266,7 @@ def write_shard(
         "num_filtered": int(len(flat) - keep.sum() - held.sum()),
         "num_duplicates": int(pc.sum(block["num_duplicates"]).as_py() or 0),
         "num_eval": int((lengths >= 3).sum()),
+        "max_timestamp": _max_timestamp(block, keep),
         **_earliest_duplicate(block),
     }
     if len(rows) == 0:
@@ -289,6 +297,13 @@ def hold_out(keep: np.ndarray, owner: np.ndarray, is_held: np.ndarray, num_users
     drop = np.zeros(len(keep), dtype=bool)
     drop[kept] = held & ~(target & evaluated[user])
     return drop
+
+
+def _max_timestamp(block: pa.Table, keep: np.ndarray) -> int:
+    """The latest time among the kept elements (-1 when none, or the rows carry no time)."""
+    if "timestamps" not in block.column_names or not keep.any():
+        return -1
+    return int(pc.list_flatten(block["timestamps"].combine_chunks()).to_numpy()[keep].max())
 
 
 def _earliest_duplicate(block: pa.Table) -> dict[str, int]:

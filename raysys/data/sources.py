@@ -93,6 +93,7 @@ class LogSource:
     has_events: bool
     item_file: ItemFile | None = None
     negative_events: tuple[str, ...] = ()  # event types left out of the rows (data.negative_events), with events
+    time_cutoff: float | None = None  # rows after this time are left out (data.time_cutoff)
 
     @property
     def input_paths(self) -> list[str]:
@@ -133,7 +134,7 @@ def resolve_source(cfg: DataConfig) -> LogSource:
     files = tuple(_drop_absent(f, has_ratings, has_events) for f in files)
     item_file = _item_file(cfg, fmt, files)
     negative = tuple(cfg.negative_events) if has_events else ()
-    return LogSource(fmt, files, has_ratings, has_events, item_file, negative)
+    return LogSource(fmt, files, has_ratings, has_events, item_file, negative, cfg.time_cutoff)
 
 
 def detect_format(path: Path) -> str:

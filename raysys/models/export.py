@@ -341,3 +341,35 @@ def _read_parquet(file: Path) -> pa.Table:
         return pq.read_table(file)
     except (OSError, pa.ArrowInvalid) as exc:
         raise RaysysError(f"unreadable Parquet file ({exc})", where=str(file), hint="re-export the model") from None
+
+
+@torch.no_grad()
+def warm_start(model: nn.Module, model_dir: str | Path, item_ids: list[str]) -> int:
+    """Load the weights of `model_dir` into `model`, a model of the same shape built for a dataset whose
+    items (`item_ids`, index order, pad and mask included) start with the directory's (data.vocab_from).
+    A parameter whose first dimension grew with the catalog keeps the old rows and its fresh values for
+    the new items; buffers then stay the new model's (the new catalog's text embeddings, its masks).
+    Returns how many items are new."""
+    loaded = load_model_dir(model_dir)
+    old_ids = loaded.item_ids
+    if item_ids[: len(old_ids)] != old_ids:
+        raise RaysysError(
+            "the model's items are not the first of this dataset's",
+            where=str(model_dir),
+            hint="prepare the dataset with data.vocab_from=<the model's dataset>",
+        )
+    old, new = loaded.model.state_dict(), model.state_dict()
+    if len(old_ids) == len(item_ids):
+        model.load_state_dict(old)
+        return 0
+    parameters = {name for name, _ in model.named_parameters()}
+    for name, tensor in new.items():
+        source = old.get(name)
+        if source is None or source.shape[1:] != tensor.shape[1:] or source.shape[0] > tensor.shape[0]:
+            raise RaysysError(f"the model's {name} does not fit this model", where=str(model_dir))
+        if source.shape == tensor.shape:
+            if name in parameters or source.shape[0] != len(old_ids):
+                tensor.copy_(source)
+        elif name in parameters:
+            tensor[: source.shape[0]].copy_(source)
+    return len(item_ids) - len(old_ids)

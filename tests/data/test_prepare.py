@@ -263,3 +263,46 @@ def test_negative_event_types_are_left_out_of_the_sequences(ray_session, tmp_pat
     assert set(pc.list_flatten(ds.sequences()["events"]).to_pylist()) == {"click", "buy"}
     everything = load_or_prepare(cfg.model_copy(update={"negative_events": []}), progress=False)
     assert everything.manifest["num_interactions"] == 120 and everything.path != ds.path
+
+
+def test_a_time_cutoff_and_a_base_vocabulary_for_updates(ray_session, tmp_path: Path) -> None:
+    """data.time_cutoff leaves the later rows out and the manifest records the latest kept time; a dataset
+    prepared with data.vocab_from keeps every base id at its index (the k-core never drops one) and
+    appends the new ids."""
+    rng = np.random.default_rng(5)
+    n = 800
+    log = pd.DataFrame(
+        {
+            "user_id": [f"u{u:03d}" for u in rng.integers(0, 60, n)],
+            "item_id": [f"i{i:03d}" for i in rng.zipf(1.3, n) % 150],
+            "timestamp": np.arange(n) * 10,
+        }
+    )
+    hot = pd.DataFrame({"user_id": [f"u{u:03d}" for u in range(10)], "item_id": "i900", "timestamp": 10 * n + 1})
+    log = pd.concat([log, hot], ignore_index=True)  # a new item that comes after the cutoff, often
+    path = tmp_path / "log.csv"
+    log.to_csv(path, index=False)
+    cutoff = 10 * 599
+    cache = str(tmp_path / "cache")
+    base = load_or_prepare(DataConfig(path=str(path), cache_dir=cache, time_cutoff=cutoff), progress=False)
+    past = log[log.timestamp <= cutoff]
+    assert base.manifest["num_interactions"] == len(past) and base.manifest["max_timestamp"] == cutoff
+    assert set(base.item_vocab()["item_id"].to_pylist()) == set(past.item_id)
+
+    least = 6  # the k-core's minimum item count
+    cfg = DataConfig(path=str(path), cache_dir=cache, vocab_from=str(base.path), min_item_interactions=least)
+    full = load_or_prepare(cfg, progress=False)
+    assert full.manifest["max_timestamp"] == 10 * n + 1
+    for kind in ("user", "item"):
+        old = getattr(base, f"{kind}_vocab")().sort_by(f"{kind}_index")
+        new = getattr(full, f"{kind}_vocab")().sort_by(f"{kind}_index")
+        assert new.slice(0, old.num_rows).equals(old)  # every base id, at its index
+        added = new[f"{kind}_id"].to_pylist()[old.num_rows :]
+        assert added == sorted(added) and not set(added) & set(old[f"{kind}_id"].to_pylist())
+    counts = Counter(log.item_id)
+    new_items = full.item_vocab()["item_id"].to_pylist()[base.item_vocab().num_rows :]
+    assert new_items and all(counts[i] >= least for i in new_items)  # the k-core applies to new ids only
+    dropped = {i for i in set(log.item_id) - set(past.item_id) if counts[i] < least}
+    assert dropped and not dropped & set(new_items)
+    rare_base = [i for i in base.item_vocab()["item_id"].to_pylist() if counts[i] < least]
+    assert rare_base  # ... base items as rare as the dropped ones stay

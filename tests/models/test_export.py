@@ -220,3 +220,37 @@ def test_export_rejects_a_model_of_another_shape(dataset: PreparedDataset, tmp_p
     with pytest.raises(ValueError, match="num_items=30"):
         export_student(build_student(TINY_STUDENT, 30, MAX_LEN), tmp_path / "m", dataset)
     assert not any(tmp_path.glob(".m*"))
+
+
+def test_warm_start_keeps_the_old_items_weights_and_grows_the_catalog(tmp_path: Path) -> None:
+    """`warm_start` (an update's init_from): a model over a catalog that extends the directory's keeps
+    every old parameter and the old items' rows, and gives the new items their fresh initialisation; a
+    catalog that does not start with the directory's items is refused."""
+    from raysys.bench.model_dirs import random_model_dir
+    from raysys.models.export import warm_start
+
+    cfg = StudentConfig(hidden_size=16, num_layers=1, num_heads=2, dropout=0.0, use_text=True)
+    old_dir = random_model_dir(tmp_path / "old", num_items=30, num_users=20, model_cfg=cfg, max_len=MAX_LEN)
+    old = load_model_dir(old_dir)
+    ids = [*old.item_ids, "new-a", "new-b", "new-c"]
+    torch.manual_seed(7)
+    grown = build_student(cfg, len(ids), MAX_LEN, text_emb=torch.rand(len(ids), 384))
+    fresh = {name: t.clone() for name, t in grown.state_dict().items()}
+    assert warm_start(grown, old_dir, ids) == 3
+    state, before = grown.state_dict(), old.model.state_dict()
+    grown_names = [n for n, t in before.items() if t.shape != state[n].shape]
+    assert grown_names  # the item table (and whatever else is per item) grew
+    for name, tensor in state.items():
+        if name in grown_names and name in dict(grown.named_parameters()):
+            n = before[name].shape[0]
+            assert torch.equal(tensor[:n], before[name]) and torch.equal(tensor[n:], fresh[name][n:]), name
+        elif name in grown_names:  # a buffer of the new catalog (its text embeddings): the new model's
+            assert torch.equal(tensor, fresh[name]), name
+        else:
+            assert torch.equal(tensor, before[name]), name
+
+    same = build_student(cfg, len(old.item_ids), MAX_LEN, text_emb=torch.rand(len(old.item_ids), 384))
+    assert warm_start(same, old_dir, list(old.item_ids)) == 0
+    assert all(torch.equal(t, before[n]) for n, t in same.state_dict().items())  # the same catalog: everything
+    with pytest.raises(RaysysError, match="not the first of this dataset"):
+        warm_start(grown, old_dir, ["", "", "new-a", *old.item_ids[2:]])

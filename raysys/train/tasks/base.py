@@ -148,13 +148,18 @@ def build_modules(
     task: Task, dataset: PreparedDataset, text_emb: torch.Tensor | None, device: torch.device | str = "cpu"
 ) -> TrainedModules:
     """The one set-up of every driver: seed, build the model, load what the task attaches (teacher,
-    initial weights, alignment) and, for a model with item text, pin the ID vectors of items absent
-    from the training parts (`pin_unseen_item_ids`).
+    alignment), start from `init_from`'s weights (`warm_start`) and, for a model with item text, pin the
+    ID vectors of items absent from the training parts (`pin_unseen_item_ids`).
 
     The same seed gives the same initial weights on every rank and in every driver."""
     seed_everything(task.train_cfg.seed)
     model = task.build_model(dataset.num_items, text_emb)
     alignment = task.attach(model, device)
+    init_from = getattr(task.train_cfg, "init_from", None)
+    if init_from:  # a fine-tune or an update: the model directory's weights, grown to this catalog
+        from raysys.models.export import warm_start
+
+        warm_start(task.sequence_model(model), init_from, dataset.item_ids())
     if text_emb is not None:
         pin_unseen_item_ids(task.sequence_model(model), train_items(dataset))
     return TrainedModules(model, alignment).to(device)

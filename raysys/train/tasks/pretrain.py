@@ -41,14 +41,6 @@ class PretrainTask(Task):
     def build_model(self, num_items: int, text_emb: torch.Tensor | None) -> nn.Module:
         return build_teacher(self.cfg.teacher, num_items, self.cfg.data.max_len, text_emb=text_emb)
 
-    def attach(self, model: nn.Module, device: torch.device | str) -> None:
-        """Start from `init_from`'s weights when set (a fine-tune)."""
-        if self.train_cfg.init_from:
-            from raysys.models.export import load_model_dir
-
-            self.sequence_model(model).load_state_dict(load_model_dir(self.train_cfg.init_from).model.state_dict())
-        return None
-
     def batch(self, rows: TrainingRows, indices: np.ndarray, rng: np.random.Generator) -> Batch:
         windows, _ = rows.take(indices)  # [B, max_len + 1]
         return pretrain_batch(windows, self.train_cfg, rng)
