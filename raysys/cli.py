@@ -31,6 +31,7 @@ STAGES: dict[str, str] = {
     "distill": "raysys.recipes.distill",
     "tune": "raysys.recipes.tune",
     "pipeline": "raysys.recipes.pipeline",
+    "update": "raysys.recipes.update",
 }
 
 EPILOG = """examples:

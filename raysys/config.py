@@ -336,6 +336,21 @@ class PipelineConfig(Section):
     force: bool = False
 
 
+class UpdateConfig(Section):
+    """`raysys update`: continue a run's teacher and student on the events logged since its dataset, and
+    promote the new student only when it is not worse on the newest events (raysys/recipes/update.py)."""
+
+    base_run: str | None = None  # the run to update: a pipeline run, or an earlier update's run
+    event_log: str | None = None  # the event log to learn from (None: serve.event_log)
+    epochs: int = Field(3, ge=1)  # the warm start's budget, for the teacher and for the student
+    lr: float = Field(3e-4, gt=0)
+    # Promote unless the candidate's NDCG@10 on the held-out events is below the serving model's by more than this
+    promote_margin: float = Field(0.0, ge=0)
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)  # the newest new events, by time: evaluated on, never trained
+    serve_app: str | None = None  # a running Serve application whose model a promotion swaps (a hot reload)
+    variant: str | None = None  # the A/B variant of serve_app to swap (A/B tests in Serve: not built yet)
+
+
 class Config(Section):
     """The whole resolved configuration of a run."""
 
@@ -349,6 +364,7 @@ class Config(Section):
     tune: TuneConfig = TuneConfig()
     serve: ServeConfig = ServeConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    update: UpdateConfig = UpdateConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML-safe): what crosses the Ray boundary and is saved."""
@@ -369,6 +385,8 @@ PATH_KEYS = (
     "pretrain.init_from",
     "finetune.init_from",
     "distill.init_from",
+    "update.base_run",
+    "update.event_log",
     "serve.model_dir",
 )
 

@@ -112,3 +112,39 @@ def wait_running(app_name: str, timeout_s: float) -> None:
                 where=f"serve application {app_name!r}",
             )
         time.sleep(0.2)
+
+
+def swap_model(app_name: str, model_dir: str, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Point the running application `app_name` at `model_dir`: its deployed config again, with only the
+    recommender's `user_config.model_dir` changed, so the replicas reload in place (a hot reload: each
+    loads the new model beside the old and swaps, no request fails). The cluster's other applications
+    are deployed as they are. Returns {"app", "model_dir", "previous"}; RaysysError when the
+    application is not running here or does not come back RUNNING."""
+    from ray.serve._private.constants import SERVE_NAMESPACE
+    from ray.serve.context import _get_global_client
+    from ray.serve.exceptions import RayServeException
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        client = _get_global_client()
+    except RayServeException:
+        raise RaysysError("Serve is not running on this Ray cluster", where=f"serve application {app_name!r}") from None
+    details = client.get_serve_details()
+    apps = {name: app.get("deployed_app_config") for name, app in details.get("applications", {}).items()}
+    config = apps.get(app_name)
+    if config is None:
+        raise RaysysError(
+            f"no running application {app_name!r} deployed from a config (running: {sorted(apps) or 'none'})",
+            where="update.serve_app",
+            hint=f"serve.app_name of the running endpoint (Serve namespace {SERVE_NAMESPACE!r})",
+        )
+    deployment = next((d for d in config.get("deployments", []) if d.get("name") == DEPLOYMENT_NAME), None)
+    if deployment is None or "user_config" not in deployment:
+        raise RaysysError(f"application {app_name!r} has no {DEPLOYMENT_NAME} deployment", where="update.serve_app")
+    previous = deployment["user_config"].get("model_dir")
+    deployment["user_config"] = {**deployment["user_config"], "model_dir": str(model_dir)}
+    schema = {key: details[key] for key in ("proxy_location", "http_options") if details.get(key) is not None}
+    schema["applications"] = [app for app in apps.values() if app is not None]
+    client.deploy_apps(ServeDeploySchema.model_validate(schema))
+    wait_running(app_name, timeout_s)
+    return {"app": app_name, "model_dir": str(model_dir), "previous": previous}
