@@ -343,7 +343,7 @@ class UpdateConfig(Section):
     base_run: str | None = None  # the run to update: a pipeline run, or an earlier update's run
     event_log: str | None = None  # the event log to learn from (None: serve.event_log)
     epochs: int = Field(3, ge=1)  # the warm start's budget, for the teacher and for the student
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)  # the training default: new items start from scratch and must be learnt
     # Promote unless the candidate's NDCG@10 on the held-out events is below the serving model's by more than this
     promote_margin: float = Field(0.0, ge=0)
     holdout_fraction: float = Field(0.1, gt=0, lt=1)  # the newest new events, by time: evaluated on, never trained

@@ -52,6 +52,7 @@ def write_random_dataset(
                 "user_index": np.arange(num_users, dtype=np.int32),
                 "user_id": users,
                 "items": pa.array([s.tolist() for s in sequences], pa.list_(pa.int32())),
+                "timestamps": pa.array([list(range(len(s))) for s in sequences], pa.list_(pa.int64())),
                 "train_len": (lengths - 2).astype(np.int32),
                 "valid_target": np.array([s[-2] for s in sequences], np.int32),
                 "test_target": np.array([s[-1] for s in sequences], np.int32),
