@@ -53,9 +53,14 @@ def latest_time(dataset: PreparedDataset) -> int:
     return int(pc.max(times).as_py()) if len(times) else -1
 
 
-def logged_since(location: str, cutoff: float, cache_dir: str | Path) -> pa.Table:
-    """The event log's interactions after `cutoff` (SOURCE_SCHEMA, time order). `location`: a log
-    directory, or an s3:// / gs:// log (its sealed segments, copied under cache_dir first)."""
+def logged_since(
+    location: str, cutoff: float, cache_dir: str | Path, position: dict[str, int] | None = None
+) -> tuple[pa.Table, dict[str, int]]:
+    """The event log's interactions not learnt from yet (SOURCE_SCHEMA, time order) and the log's
+    position now ({writer: last seq}, what the next update starts after). Not learnt from: past
+    `position` when one is known (an earlier update's: whatever their timestamps say), else timed after
+    `cutoff`. `location`: a log directory, or an s3:// / gs:// log (its sealed segments, copied under
+    cache_dir first)."""
     if storage.is_uri(location):
         local = storage.local_mirror(location, Path(cache_dir).expanduser() / LOG_MIRRORS)
         root = storage.download(location, local) if storage.exists(location) else local
@@ -63,9 +68,15 @@ def logged_since(location: str, cutoff: float, cache_dir: str | Path) -> pa.Tabl
         root = Path(location).expanduser()
     if not Path(root).is_dir():
         raise RaysysError("no event log here", where=location, hint="set update.event_log (or serve.event_log)")
-    table = interactions(read_log(root))
-    table = table.filter(pc.greater(table["timestamp"], cutoff))
-    return _as_source(table)
+    log = read_log(root)
+    now = log.group_by("writer").aggregate([("seq", "max")])
+    reached = dict(zip(now["writer"].to_pylist(), now["seq_max"].to_pylist(), strict=True))
+    if position is None:
+        new = log.filter(pc.greater(log["timestamp"], cutoff))
+    else:
+        after = [position.get(w, -1) for w in log["writer"].to_pylist()]
+        new = log.filter(pc.greater(log["seq"], pa.array(after, pa.int64())))
+    return _as_source(interactions(new)), {**(position or {}), **reached}
 
 
 def split_newest(table: pa.Table, fraction: float) -> tuple[pa.Table, pa.Table]:

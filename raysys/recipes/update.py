@@ -7,8 +7,11 @@
 From the base run (a pipeline run or an earlier update: RUN/prepare/summary.json names its dataset,
 RUN/finetune/model is its teacher and RUN/student/model its student):
 
-1. events: the event log's interactions after the base dataset's latest one (its manifest's
-   `max_timestamp`); the newest `update.holdout_fraction` of them, by time, are held out (never trained on);
+1. events: the event log's interactions the base has not learnt from: those logged after an earlier
+   update's log position (`event_log_position`: per writer, the last record it read), plus the events that
+   update held out (DIR/held_out.parquet); for a pipeline run, those timed after its dataset's latest
+   interaction (the manifest's `max_timestamp`). The newest `update.holdout_fraction` of them, by time,
+   are held out (never trained on);
 2. prepare: the base dataset's rows plus the other new events (DIR/source), with `data.vocab_from` = the
    base dataset, so old ids keep their indices and new users and items are appended (item text where the
    item file has it); negative events (`data.negative_events`) are left out, repeats of a row dropped;
@@ -20,7 +23,7 @@ RUN/finetune/model is its teacher and RUN/student/model its student):
    with `update.serve_app`, the running application then serves the candidate (a hot reload).
 
 summary.json: {"promoted", "reason", "models": {"candidate", "serving"}: {"model_dir", "metrics"}, "events",
-"vocab", "swap", "seconds"}. A promoted run's DIR is the next update's base run.
+"vocab", "event_log_position", "swap", "seconds"}. A promoted run's DIR is the next update's base run.
 """
 
 from __future__ import annotations
@@ -31,9 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from raysys.config import Config
 from raysys.errors import RaysysError
 
+HELD_OUT = "held_out.parquet"  # DIR/: the events this update held out (the next one trains on them)
 DESCRIPTION = "continue a run's teacher and student on the newly logged events; promote the student if not worse"
 METRIC = "ndcg@10"
 
@@ -50,11 +56,16 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     dataset = PreparedDataset.open(_read_summary(base / "prepare")["dataset_path"])
     cutoff = latest_time(dataset)
     seconds: dict[str, float] = {}
-    new = logged_since(log, cutoff, cfg.data.cache_dir)
+    earlier = _read_summary(base) if (base / "summary.json").is_file() else {}
+    position = earlier.get("event_log_position") if earlier.get("stage") == "update" else None
+    new, reached = logged_since(log, cutoff, cfg.data.cache_dir, position)
+    new = with_earlier_holdout(new, base)
     train, held = split_newest(new, cfg.update.holdout_fraction)
+    pq.write_table(held, _mkdir(out_dir) / HELD_OUT)  # never trained on here: the next update trains on them
     events = {"cutoff": cutoff, "new": new.num_rows, "trained_on": train.num_rows, "held_out": held.num_rows}
     if new.num_rows == 0:
         return _not_promoted(f"no events were logged after the base dataset's latest ({cutoff})", events, start)
+    events["since"] = "the last update's log position" if position is not None else f"time {cutoff}"
 
     update_cfg = updated_config(cfg, base, dataset, write_update_source(dataset, train, out_dir / "source"))
     seconds["prepare"], prepared = _timed(lambda: _stage("prepare", update_cfg, out_dir))
@@ -83,9 +94,23 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         "vocab": vocab,
         "base_run": str(base),
         "dataset_path": prepared["dataset_path"],
+        "event_log_position": reached,
         "swap": swap,
         "seconds": seconds,
     }
+
+
+def with_earlier_holdout(new, base: Path):
+    """`new` with the events the base update held out (evaluated on there, never trained on), time order."""
+    import pyarrow as pa
+
+    from raysys.data.updates import SOURCE_SCHEMA
+
+    held = base / HELD_OUT
+    if not held.is_file():
+        return new
+    table = pa.concat_tables([pq.read_table(held, schema=SOURCE_SCHEMA), new])
+    return table.sort_by([("timestamp", "ascending")])
 
 
 def base_run(cfg: Config) -> Path:
@@ -199,6 +224,11 @@ def _not_promoted(reason: str, events: dict[str, Any], start: float) -> dict[str
         "swap": None,
         "seconds": {"total": round(time.perf_counter() - start, 2)},
     }
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _timed(fn):

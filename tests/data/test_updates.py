@@ -31,8 +31,8 @@ def test_events_after_the_cutoff_in_time_order_and_the_newest_held_out(tmp_path:
         log.append([event_record("u1", "a", timestamp=5.0), event_record("u2", "b", "skip", 12.7)])
     with EventLogWriter(tmp_path / "log", "r1") as log:
         log.append([event_record("u1", "c", timestamp=11.0), event_record("u3", "d", timestamp=20.0)])
-    new = logged_since(str(tmp_path / "log"), 10, tmp_path / "cache")
-    assert new.schema == SOURCE_SCHEMA
+    new, position = logged_since(str(tmp_path / "log"), 10, tmp_path / "cache")
+    assert new.schema == SOURCE_SCHEMA and position == {"r0": 1, "r1": 1}
     assert new.to_pylist() == [
         {"user_id": "u1", "item_id": "c", "timestamp": 11, "event": "click"},
         {"user_id": "u2", "item_id": "b", "timestamp": 12, "event": "skip"},
@@ -41,6 +41,14 @@ def test_events_after_the_cutoff_in_time_order_and_the_newest_held_out(tmp_path:
     train, held = split_newest(new, 0.3)  # ceil(0.9) = 1 held out: the newest
     assert train.num_rows == 2 and held["item_id"].to_pylist() == ["d"]
     assert split_newest(new.slice(0, 0), 0.3)[1].num_rows == 0
+
+    # After an update's position: what was logged since, whatever its time (a replay of old events too)
+    with EventLogWriter(tmp_path / "log", "r0") as log:
+        log.append([event_record("u4", "e", timestamp=1.0)])
+    since, later = logged_since(str(tmp_path / "log"), 10, tmp_path / "cache", position)
+    assert since["item_id"].to_pylist() == ["e"] and later == {"r0": 2, "r1": 1}
+    unknown_writer, _ = logged_since(str(tmp_path / "log"), 10, tmp_path / "cache", {"r0": 2})
+    assert unknown_writer["item_id"].to_pylist() == ["c", "d"]  # a writer the position does not name: all of it
 
 
 def test_the_dataset_rows_and_the_holdout_examples(tmp_path: Path) -> None:

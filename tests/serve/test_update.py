@@ -115,6 +115,8 @@ def test_update_promotes_and_swaps_without_a_failed_request_and_refuses_a_worse_
             t += 1
         worse = update(tmp_path / "u2", tmp_path / "u1", log, cache, "update.serve_app=raysys", "update.lr=1000")
         assert not worse["promoted"] and worse["swap"] is None
+        assert worse["events"]["since"] == "the last update's log position"  # and what the first one held out
+        assert worse["events"]["new"] == first["events"]["held_out"] + 30
         assert "worse" in worse["reason"] and "promote_margin" in worse["reason"], worse["reason"]
         assert served_version(served) == read_model_config(tmp_path / "u1" / "student" / "model")["model_version"]
     finally:
