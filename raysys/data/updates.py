@@ -42,6 +42,22 @@ class HoldoutExamples:
     histories: list[list[str]]
     targets: list[str]
 
+    def write(self, path: Path) -> None:
+        """As Parquet: user_id, history (list of ids), target."""
+        table = pa.table(
+            {
+                "user_id": pa.array(self.users, pa.string()),
+                "history": pa.array(self.histories, pa.list_(pa.string())),
+                "target": pa.array(self.targets, pa.string()),
+            }
+        )
+        pq.write_table(table, path)
+
+    @classmethod
+    def read(cls, path: Path) -> HoldoutExamples:
+        table = pq.read_table(path)
+        return cls(table["user_id"].to_pylist(), table["history"].to_pylist(), table["target"].to_pylist())
+
 
 def latest_time(dataset: PreparedDataset) -> int:
     """The time of the dataset's latest interaction: its manifest's `max_timestamp` (read from its rows

@@ -40,6 +40,7 @@ from raysys.config import Config
 from raysys.errors import RaysysError
 
 HELD_OUT = "held_out.parquet"  # DIR/: the events this update held out (the next one trains on them)
+HOLDOUT = "holdout_examples.parquet"  # DIR/: the evaluation examples made of them
 DESCRIPTION = "continue a run's teacher and student on the newly logged events; promote the student if not worse"
 METRIC = "ndcg@10"
 
@@ -76,6 +77,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     new_dataset = PreparedDataset.open(prepared["dataset_path"])
     examples = holdout_examples(new_dataset, train, held, update_cfg.data.negative_events)
+    examples.write(out_dir / HOLDOUT)  # what any other model can be measured on (jobs/bench/update_replay.py)
     seconds["evaluate"], models = _timed(lambda: evaluate_models(cfg, base, out_dir, examples))
     promoted, reason = decide(models["candidate"]["metrics"], models["serving"]["metrics"], cfg.update.promote_margin)
     swap = None

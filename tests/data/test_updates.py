@@ -13,6 +13,7 @@ from raysys.bench.model_dirs import write_random_dataset
 from raysys.data.event_log import EventLogWriter, event_record
 from raysys.data.updates import (
     SOURCE_SCHEMA,
+    HoldoutExamples,
     dataset_rows,
     holdout_examples,
     latest_time,
@@ -70,6 +71,8 @@ def test_the_dataset_rows_and_the_holdout_examples(tmp_path: Path) -> None:
     examples = holdout_examples(dataset, train, held, ["skip", "dislike"])
     assert examples.users == ["new", "u0"] and examples.targets == ["x2", "x4"]
     assert examples.histories == [["x1"], [*first, "x1"]]  # positives before the target, oldest first
+    examples.write(tmp_path / "examples.parquet")
+    assert HoldoutExamples.read(tmp_path / "examples.parquet") == examples
 
     source = write_update_source(dataset, train, tmp_path / "source")
     assert pq.read_table(source / "base.parquet").equals(base)
