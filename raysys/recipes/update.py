@@ -41,6 +41,7 @@ from raysys.errors import RaysysError
 
 HELD_OUT = "held_out.parquet"  # DIR/: the events this update held out (the next one trains on them)
 HOLDOUT = "holdout_examples.parquet"  # DIR/: the evaluation examples made of them
+ITEM_TEXTS = "item_texts.parquet"  # DIR/: the base dataset's item texts, the update's item file
 DESCRIPTION = "continue a run's teacher and student on the newly logged events; promote the student if not worse"
 METRIC = "ndcg@10"
 
@@ -135,17 +136,28 @@ def event_log(cfg: Config) -> str:
 
 
 def updated_config(cfg: Config, base: Path, dataset, source: Path) -> Config:
-    """`cfg` training on `source` over the base vocabulary, the teacher continued from the base run's."""
+    """`cfg` training on `source` (SOURCE_SCHEMA rows) over the base vocabulary, with the base's item
+    texts (unless data.item_path names a file), the teacher and student continued from the base run's."""
     data = cfg.data.model_copy(
         update={
             "path": str(source),
             "format": "parquet",
+            "user_col": "user_id",
+            "item_col": "item_id",
+            "time_col": "timestamp",
+            "rating_col": None,
             "event_col": "event",
             "vocab_from": str(dataset.path),
             "time_cutoff": None,
+            "cold_item_holdout": 0.0,  # everything the base kept is trained on now
             "on_bad_rows": "drop",  # a replayed event repeats a row: counted in num_dropped, not fatal
         }
     )
+    texts = dataset.item_text()
+    if cfg.data.item_path is None and texts is not None:  # the base's texts (a RecBole .item beside its log, ...)
+        items = source.with_name(ITEM_TEXTS)
+        pq.write_table(texts.select(["item_id", "text"]), items)
+        data = data.model_copy(update={"item_path": str(items), "item_text_fields": ["text"]})
     budget = {"epochs": cfg.update.epochs, "lr": cfg.update.lr}
     finetune = cfg.finetune.model_copy(update={"init_from": str(base / "finetune" / "model"), **budget})
     distill = cfg.distill.model_copy(update={"init_from": str(base / "student" / "model"), **budget})
