@@ -77,14 +77,7 @@ def logged_since(
     `position` when one is known (an earlier update's: whatever their timestamps say), else timed after
     `cutoff`. `location`: a log directory, or an s3:// / gs:// log (its sealed segments, copied under
     cache_dir first)."""
-    if storage.is_uri(location):
-        local = storage.local_mirror(location, Path(cache_dir).expanduser() / LOG_MIRRORS)
-        root = storage.download(location, local) if storage.exists(location) else local
-    else:
-        root = Path(location).expanduser()
-    if not Path(root).is_dir():
-        raise RaysysError("no event log here", where=location, hint="set update.event_log (or serve.event_log)")
-    log = read_log(root)
+    log = read_log(local_log(location, cache_dir))
     now = log.group_by("writer").aggregate([("seq", "max")])
     reached = dict(zip(now["writer"].to_pylist(), now["seq_max"].to_pylist(), strict=True))
     if position is None:
@@ -93,6 +86,16 @@ def logged_since(
         after = [position.get(w, -1) for w in log["writer"].to_pylist()]
         new = log.filter(pc.greater(log["seq"], pa.array(after, pa.int64())))
     return _as_source(interactions(new)), {**(position or {}), **reached}
+
+
+def logged_items(location: str, cache_dir: str | Path) -> pa.Table:
+    """item_id, embedding of the items added through POST /items in the event log (the latest per item)."""
+    log = read_log(local_log(location, cache_dir))
+    items = log.filter(pc.equal(log["kind"], "item")).sort_by([("timestamp", "descending")])
+    rows = items.append_column("row", pa.array(np.arange(items.num_rows)))
+    latest = rows.group_by("item_id", use_threads=False).aggregate([("row", "min")])["row_min"]
+    items = items.take(latest)
+    return pa.table({"item_id": items["item_id"], "embedding": items["text_embedding"]})
 
 
 def split_newest(table: pa.Table, fraction: float) -> tuple[pa.Table, pa.Table]:
@@ -155,6 +158,18 @@ def holdout_examples(
             histories[user].append(item)
     users = sorted(firsts)
     return HoldoutExamples(users, [histories[u] for u in users], [firsts[u][1] for u in users])
+
+
+def local_log(location: str, cache_dir: str | Path) -> Path:
+    """The log directory to read: `location`, or its copy under cache_dir for an s3:// / gs:// log."""
+    if storage.is_uri(location):
+        local = storage.local_mirror(location, Path(cache_dir).expanduser() / LOG_MIRRORS)
+        root = storage.download(location, local) if storage.exists(location) else local
+    else:
+        root = Path(location).expanduser()
+    if not Path(root).is_dir():
+        raise RaysysError("no event log here", where=location, hint="set update.event_log (or serve.event_log)")
+    return Path(root)
 
 
 def _as_source(table: pa.Table) -> pa.Table:

@@ -31,6 +31,9 @@ TEXT_DIM = 384
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_CACHE_DIR = "~/.cache/raysys/text_emb"
 EMB_SCHEMA = pa.schema([("item_id", pa.string()), ("item_index", pa.int32()), ("embedding", pa.list_(pa.float32()))])
+# Beside a prepared dataset: item_id, embedding of items added through POST /items (their text was embedded
+# by the endpoint and logged; `raysys update` writes it), for those without text in the dataset's item file.
+LOGGED_EMB_FILE = "item_text_emb_logged.parquet"
 
 
 def encoder_model_dir() -> Path:
@@ -161,11 +164,24 @@ def item_text_cache_file(
 
 def item_text_embeddings(dataset, **kwargs) -> pa.Table | None:
     """`embed_item_texts` over a PreparedDataset's item text, cached beside the dataset (in its
-    directory; the pipeline's embed_items stage fills it with Ray Data); None when it has no text."""
-    item_text = dataset.item_text()
-    if item_text is None:
+    directory; the pipeline's embed_items stage fills it with Ray Data), plus the embeddings logged for
+    items added through POST /items that have no text there (LOGGED_EMB_FILE, written by `raysys
+    update`); None when it has neither."""
+    item_text, logged = dataset.item_text(), dataset.path / LOGGED_EMB_FILE
+    if item_text is None and not logged.is_file():
         return None
-    return embed_item_texts(item_text, **{"cache_dir": dataset.path, **kwargs})
+    table = embed_item_texts(item_text, **{"cache_dir": dataset.path, **kwargs}) if item_text is not None else None
+    if not logged.is_file():
+        return table
+    extra = pq.read_table(logged)  # item_id, embedding
+    if table is not None:
+        extra = extra.filter(pc.invert(pc.is_in(extra["item_id"], table["item_id"])))
+    vocab = dataset.item_vocab()
+    index = dict(zip(vocab["item_id"].to_pylist(), vocab["item_index"].to_pylist(), strict=True))
+    extra = extra.filter(pc.is_in(extra["item_id"], pa.array(list(index), pa.string())))
+    ids = extra["item_id"].to_pylist()
+    added = emb_table(ids, [index[i] for i in ids], _embedding_matrix(extra) if ids else np.zeros((0, TEXT_DIM)))
+    return added if table is None else pa.concat_tables([table, added])
 
 
 class EncodeBatch:

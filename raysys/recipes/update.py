@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysys.config import Config
@@ -49,7 +50,14 @@ METRIC = "ndcg@10"
 def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The update of `cfg.update.base_run` into `out_dir` (see the module docstring); its summary."""
     from raysys.data.dataset import PreparedDataset
-    from raysys.data.updates import holdout_examples, latest_time, logged_since, split_newest, write_update_source
+    from raysys.data.updates import (
+        holdout_examples,
+        latest_time,
+        local_log,
+        logged_since,
+        split_newest,
+        write_update_source,
+    )
 
     start = time.perf_counter()
     base, log = base_run(cfg), event_log(cfg)
@@ -60,6 +68,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     earlier = _read_summary(base) if (base / "summary.json").is_file() else {}
     position = earlier.get("event_log_position") if earlier.get("stage") == "update" else None
+    log = str(local_log(log, cfg.data.cache_dir))  # an s3:// / gs:// log: copied once
     new, reached = logged_since(log, cutoff, cfg.data.cache_dir, position)
     new = with_earlier_holdout(new, base)
     train, held = split_newest(new, cfg.update.holdout_fraction)
@@ -72,6 +81,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     update_cfg = updated_config(cfg, base, dataset, write_update_source(dataset, train, out_dir / "source"))
     seconds["prepare"], prepared = _timed(lambda: _stage("prepare", update_cfg, out_dir))
     reuse_text_embeddings(dataset.path, Path(prepared["dataset_path"]))
+    logged_texts = add_logged_texts(log, PreparedDataset.open(prepared["dataset_path"]), cfg.data.cache_dir)
     seconds["teacher"], _ = _timed(lambda: _stage("finetune", update_cfg, out_dir))
     student_cfg = with_student(update_cfg, out_dir)
     seconds["student"], _ = _timed(lambda: _stage("distill", student_cfg, out_dir, "student"))
@@ -87,6 +97,7 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     vocab = {
         "new_items": new_dataset.num_items - dataset.num_items,
         "new_users": len(new_dataset.user_vocab()) - len(dataset.user_vocab()),
+        "items_with_logged_text": logged_texts,
     }
     seconds["total"] = round(time.perf_counter() - start, 2)
     return {
@@ -105,8 +116,6 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 def with_earlier_holdout(new, base: Path):
     """`new` with the events the base update held out (evaluated on there, never trained on), time order."""
-    import pyarrow as pa
-
     from raysys.data.updates import SOURCE_SCHEMA
 
     held = base / HELD_OUT
@@ -170,6 +179,21 @@ def reuse_text_embeddings(base: Path, target: Path) -> None:
     for cached in base.glob("item_text_emb-*.parquet"):
         if not (target / cached.name).exists():
             shutil.copyfile(cached, target / cached.name)
+
+
+def add_logged_texts(log: str, dataset, cache_dir: str) -> int:
+    """Put the text embeddings logged by POST /items beside the new dataset, for its items without text
+    in the item file (raysys.models.text_encoder.LOGGED_EMB_FILE); returns how many."""
+    from raysys.data.updates import logged_items
+    from raysys.models.text_encoder import LOGGED_EMB_FILE
+
+    items, texts = logged_items(log, cache_dir), dataset.item_text()
+    have = set(texts["item_id"].to_pylist()) if texts is not None else set()
+    known = set(dataset.item_ids()) - have
+    keep = [i in known for i in items["item_id"].to_pylist()]
+    if any(keep):
+        pq.write_table(items.filter(pa.array(keep)), dataset.path / LOGGED_EMB_FILE)
+    return sum(keep)
 
 
 def with_student(cfg: Config, out_dir: Path) -> Config:

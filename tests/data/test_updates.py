@@ -77,3 +77,21 @@ def test_the_dataset_rows_and_the_holdout_examples(tmp_path: Path) -> None:
     source = write_update_source(dataset, train, tmp_path / "source")
     assert pq.read_table(source / "base.parquet").equals(base)
     assert pq.read_table(source / "new.parquet").equals(train)
+
+
+def test_logged_items_are_the_latest_embedding_per_item(tmp_path: Path) -> None:
+    import numpy as np
+
+    from raysys.data.event_log import item_record
+    from raysys.data.updates import logged_items
+
+    with EventLogWriter(tmp_path / "log", "r0") as log:
+        log.append([item_record("new", np.zeros(4), timestamp=1.0), event_record("u", "new", timestamp=2.0)])
+        log.append(
+            [item_record("new", np.ones(4), timestamp=3.0), item_record("other", np.full(4, 2.0), timestamp=4.0)]
+        )
+    items = logged_items(str(tmp_path / "log"), tmp_path / "cache").sort_by("item_id")
+    assert items.to_pylist() == [
+        {"item_id": "new", "embedding": [1.0] * 4},
+        {"item_id": "other", "embedding": [2.0] * 4},
+    ]

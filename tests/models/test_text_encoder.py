@@ -123,3 +123,34 @@ def test_text_emb_tensor_rejects_pad_or_out_of_range_indices() -> None:
 def test_missing_text_column_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(RaysysError, match=r"lacks column\(s\) \['text'\]"):
         embed_item_texts(pa.table({"item_id": ["a"], "item_index": [2]}), cache_dir=tmp_path)
+
+
+def test_logged_embeddings_fill_in_for_items_without_text(tmp_path) -> None:
+    """A dataset's text table: its item texts' embeddings (here from their cache file) plus, for items
+    the item file has no text for, the embeddings POST /items logged (LOGGED_EMB_FILE); unknown ids and
+    items that have text keep out of it."""
+    from raysys.bench.model_dirs import write_random_dataset
+    from raysys.models.text_encoder import LOGGED_EMB_FILE, item_text_cache_file, item_text_embeddings
+
+    dataset = write_random_dataset(tmp_path / "data", num_items=5, num_users=3)
+    vector = lambda x: [float(x)] * TEXT_DIM  # noqa: E731
+    logged = pa.table(
+        {
+            "item_id": ["i3", "i1", "elsewhere"],
+            "embedding": pa.array([vector(3), vector(1), vector(9)], pa.list_(pa.float32())),
+        }
+    )
+    pq.write_table(logged, dataset.path / LOGGED_EMB_FILE)
+    alone = item_text_embeddings(dataset)  # no item file: the logged ones alone
+    assert alone["item_id"].to_pylist() == ["i3", "i1"] and alone["item_index"].to_pylist() == [5, 3]
+
+    pq.write_table(
+        pa.table({"item_id": ["i1"], "item_index": pa.array([3], pa.int32()), "text": ["Heat"]}),
+        dataset.path / "item_text.parquet",
+    )
+    cached = emb_table(["i1"], [3], np.full((1, TEXT_DIM), 0.5, np.float32))
+    pq.write_table(cached, item_text_cache_file(dataset.path, ["i1"], ["Heat"]))
+    both = item_text_embeddings(dataset)
+    assert both["item_id"].to_pylist() == ["i1", "i3"]  # i1's text wins over its logged vector
+    tensor = text_emb_tensor(both, dataset.num_items)
+    assert tensor[3, 0].item() == 0.5 and tensor[5, 0].item() == 3.0 and tensor[4].abs().sum().item() == 0.0

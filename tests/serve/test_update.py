@@ -98,7 +98,8 @@ def test_update_promotes_and_swaps_without_a_failed_request_and_refuses_a_worse_
         asker.stop.set()
         asker.join()
         assert first["promoted"], first["reason"]
-        assert first["vocab"] == {"new_items": 4, "new_users": 40} and first["events"]["new"] == 190
+        assert first["vocab"] == {"new_items": 4, "new_users": 40, "items_with_logged_text": 0}
+        assert first["events"]["new"] == 190
         assert first["swap"]["app"] == "raysys" and first["swap"]["previous"] == str(base / "student" / "model")
         candidate = first["models"]["candidate"]["metrics"]
         assert candidate["unrankable"] < first["models"]["serving"]["metrics"]["unrankable"]
