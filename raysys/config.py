@@ -67,8 +67,13 @@ class DataConfig(Section):
     # (the "test/cold_items" slice). A user whose training part would be left empty loses its evaluation
     # instead (its held-out items go too). 0 = off.
     cold_item_holdout: float = Field(0.0, ge=0.0, lt=1.0)
-    # Interactions after this time (seconds since the epoch, as the log's timestamps) are left out: a model
-    # trained on the past, for `raysys update` to continue on what came after. None = everything.
+    # How each user's interactions are split: "leave_one_out" (the last is the test target, the one before
+    # it the valid target) or "temporal" (needs time_cutoff: the user's first interaction after the cutoff is
+    # the test target, the last one up to it the valid target, later ones are left out, and users with
+    # nothing up to it are too).
+    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    # Seconds since the epoch, as the log's timestamps. With split=leave_one_out, interactions after it are
+    # left out: a model trained on the past, for `raysys update` to continue on what came after. None = none.
     time_cutoff: float | None = None
     # A prepared dataset whose vocabularies this one extends: its user and item ids keep their indices and
     # ids it lacks are appended (in the usual order), so a model trained on it can be warm-started here

@@ -15,9 +15,13 @@ Layout (written by `raysys.data.prepare`, read here):
         train_len   int32         items[:train_len] is the training part
         valid_target int32        items[train_len]     or 0 when the user has < 3 interactions
         test_target  int32        items[train_len + 1] or 0 when the user has < 3 interactions
+                                  (data.split=temporal: the first item after data.time_cutoff, or 0; the
+                                  valid target is the last one up to it, or 0 when only one is; so the
+                                  test target is items[train_len + (valid_target > 0)])
 
 Leave-one-out: the last item is the test target, the second-last the valid target, the rest train.
-Valid history = items[:train_len]; test history = items[:train_len + 1].
+Valid history = items[:train_len]; test history = items[:train_len + 1] (without a valid target:
+items[:train_len]).
 """
 
 from __future__ import annotations
@@ -130,15 +134,16 @@ class PreparedDataset:
         return [seq[:n] for seq, n in zip(items, train_len, strict=True)]
 
     def split(self, name: str) -> SplitExamples:
-        """Evaluation examples for 'valid' or 'test' (users with < 3 interactions have none)."""
+        """Evaluation examples for 'valid' or 'test' (users without that target have none)."""
         if name not in ("valid", "test"):
             raise ValueError(f"split must be 'valid' or 'test', not {name!r}")
         core = self._core
         targets = core[f"{name}_target"].to_numpy()
         keep = np.flatnonzero(targets > 0)
-        extra = 0 if name == "valid" else 1
+        # The test history holds the valid target when there is one (always, leave-one-out)
+        extra = np.zeros(len(targets), np.int64) if name == "valid" else (core["valid_target"].to_numpy() > 0)
         items, train_len = _lists(core["items"]), core["train_len"].to_numpy()
-        histories = [items[i][: train_len[i] + extra] for i in keep]
+        histories = [items[i][: train_len[i] + int(extra[i])] for i in keep]
         user_index = core["user_index"].to_numpy()[keep].astype(np.int32)
         return SplitExamples(user_index=user_index, histories=histories, targets=targets[keep].astype(np.int32))
 

@@ -100,6 +100,7 @@ def prepare_or_reuse(cfg: DataConfig, *, progress: bool = True) -> PrepareResult
     """`load_or_prepare`, also saying whether the cache was hit and how long it took."""
     start = time.perf_counter()
     status = Status(progress, start)
+    check_split(cfg)
     source = resolve_source(cfg)
     inputs = fingerprint_files([*source.input_paths, *base_vocab_files(cfg)])
     root = Path(cfg.cache_dir).expanduser()
@@ -157,6 +158,10 @@ def prepare_dataset(
         else:
             user_map = np.arange(len(summary.user_vocab), dtype=np.int32)
             item_map = np.arange(FIRST_ITEM_INDEX, len(summary.item_vocab) + FIRST_ITEM_INDEX, dtype=np.int32)
+        cutoff = cfg.time_cutoff if cfg.split == "temporal" else None
+        if cutoff is not None:
+            users = users.materialize()
+            user_map = without_a_past(users, user_map, cutoff)
         status("splitting and writing shards")
         shards = collect(
             users.map_batches(
@@ -169,6 +174,7 @@ def prepare_dataset(
                     "user_vocab": summary.user_vocab,
                     "out_dir": str(out_dir),
                     "held_out": held_out_items(item_map, cfg.cold_item_holdout, cfg.seed),
+                    "time_cutoff": cutoff,
                 },
             )
         )
@@ -253,6 +259,38 @@ def user_rows(rows: Dataset, summary: LogSummary) -> Dataset:
     fn_kwargs = {"user_vocab": summary.user_vocab, "item_vocab": summary.item_vocab, "num_buckets": buckets}
     encoded = rows.map_batches(encode_block, batch_size=None, batch_format="pyarrow", fn_kwargs=fn_kwargs)
     return encoded.groupby("bucket").map_groups(build_user_rows, batch_format="pyarrow")
+
+
+def check_split(cfg: DataConfig) -> None:
+    """data.split=temporal needs a cutoff, and goes with neither a cold-item holdout nor a base vocabulary."""
+    if cfg.split != "temporal":
+        return
+    if cfg.time_cutoff is None:
+        raise RaysysError(
+            "the temporal split needs a cutoff", where="data.time_cutoff", hint="data.time_cutoff=SECONDS"
+        )
+    if cfg.cold_item_holdout > 0 or cfg.vocab_from is not None:
+        raise RaysysError(
+            "data.split=temporal goes with neither data.cold_item_holdout nor data.vocab_from",
+            where="data.split",
+            hint="use data.split=leave_one_out for those",
+        )
+
+
+def without_a_past(users: Dataset, user_map: np.ndarray, cutoff: float) -> np.ndarray:
+    """user_map without the users who have no interaction up to `cutoff` (the temporal split has no
+    history for them), the others renumbered in order."""
+    table = collect(users.map_batches(first_times, batch_size=None, batch_format="pyarrow"))
+    first = np.full(len(user_map), np.inf)
+    first[table["user_index"].to_numpy()] = table["first_time"].to_numpy()
+    alive = (user_map >= 0) & (first <= cutoff)
+    return np.where(alive, np.cumsum(alive) - 1, -1).astype(np.int32)
+
+
+def first_times(block: pa.Table) -> pa.Table:
+    """user_index, the time of the user's first interaction (user rows: chronological lists)."""
+    times = block["timestamps"].combine_chunks()
+    return pa.table({"user_index": block["user_index"], "first_time": pc.list_element(times, 0)})
 
 
 def base_vocab_files(cfg: DataConfig) -> list[str]:
@@ -368,10 +406,20 @@ def _manifest(
 ) -> dict[str, Any]:
     total = {
         k: int(pc.sum(shards[k]).as_py() or 0)
-        for k in ("num_users", "num_interactions", "num_filtered", "num_held_out", "num_duplicates", "num_eval")
+        for k in (
+            "num_users",
+            "num_interactions",
+            "num_filtered",
+            "num_held_out",
+            "num_after_cutoff",
+            "num_duplicates",
+            "num_valid",
+            "num_test",
+        )
     }
     dropped = {**summary.bad_rows, "duplicate": total["num_duplicates"]}
-    accounted = total["num_interactions"] + sum(dropped.values()) + total["num_filtered"] + total["num_held_out"]
+    left_out = total["num_filtered"] + total["num_held_out"] + total["num_after_cutoff"]
+    accounted = total["num_interactions"] + sum(dropped.values()) + left_out
     if accounted != summary.num_input_rows:
         raise AssertionError(
             f"row accounting is off: kept + dropped + filtered = {accounted:,} but the input has "
@@ -393,8 +441,9 @@ def _manifest(
         "num_dropped": dropped,
         "num_filtered": total["num_filtered"],
         "num_held_out": total["num_held_out"],  # data.cold_item_holdout: interactions kept out of training
-        "num_valid": total["num_eval"],
-        "num_test": total["num_eval"],
+        "num_valid": total["num_valid"],
+        "num_test": total["num_test"],
+        "num_after_cutoff": total["num_after_cutoff"],  # data.split=temporal: after each user's test target
         "num_cold_items": num_items - len(train_items),
         "has_text": has_text,
         "has_ratings": source.has_ratings,

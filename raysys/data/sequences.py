@@ -236,6 +236,7 @@ def write_shard(
     user_vocab: pa.Array,
     out_dir: str,
     held_out: np.ndarray | None = None,
+    time_cutoff: float | None = None,
 ) -> pa.Table:
     """Write one `sequences/part-*.parquet` shard (layout in raysys.data.dataset) from user rows and
     return one row describing it: file, size, sha256, counts, and the distinct items of its train parts.
@@ -244,6 +245,9 @@ def write_shard(
         item_map [num_vocab_items] int32: final item_index (from 2), or 0 for a filtered item
         held_out [item_vocab_size] bool over final item indices: items kept out of training parts
                  (`data.cold_item_holdout`; see `hold_out`), or None
+        time_cutoff: the temporal split (`data.split=temporal`): per user, the first interaction after it
+                 is the test target, the last one at or before it the valid target, later ones are dropped
+                 (`after_cutoff`); None: leave-one-out
     """
     users = block["user_index"].to_numpy()
     if (np.diff(users) < 0).any():  # build_user_rows emits users in order; merged blocks may not be
@@ -257,21 +261,33 @@ def write_shard(
     if held_out is not None:
         held = hold_out(keep, owner, held_out[new_item], len(users))
         keep &= ~held
+    late = np.zeros(len(flat), dtype=bool)
+    after = np.zeros(len(flat), dtype=bool)
+    if time_cutoff is not None:
+        after = _timestamps(block) > time_cutoff
+        late = after_cutoff(keep, owner, after)
+        keep &= ~late
     rows = np.flatnonzero(new_user >= 0)  # kept users, already in final index order
     lengths = np.bincount(owner[keep], minlength=len(users))[rows].astype(np.int32)
+    if time_cutoff is None:
+        targets = leave_one_out(lengths)
+    else:
+        targets = temporal_targets(lengths, np.bincount(owner[keep & after], minlength=len(users))[rows])
     stats = {
         "num_users": len(rows),
         "num_interactions": int(keep.sum()),
         "num_held_out": int(held.sum()),
-        "num_filtered": int(len(flat) - keep.sum() - held.sum()),
+        "num_after_cutoff": int(late.sum()),
+        "num_filtered": int(len(flat) - keep.sum() - held.sum() - late.sum()),
         "num_duplicates": int(pc.sum(block["num_duplicates"]).as_py() or 0),
-        "num_eval": int((lengths >= 3).sum()),
+        "num_valid": int((targets[1] >= 0).sum()),
+        "num_test": int((targets[2] >= 0).sum()),
         "max_timestamp": _max_timestamp(block, keep),
         **_earliest_duplicate(block),
     }
     if len(rows) == 0:
         return _shard_row("", 0, "", stats, np.zeros(0, np.int32))
-    shard = _shard_table(block, rows, lengths, keep, new_item[keep], new_user[rows], user_vocab)
+    shard = _shard_table(block, rows, lengths, keep, new_item[keep], new_user[rows], user_vocab, targets)
     name = f"{SEQUENCES_DIR}/part-{int(new_user[rows[0]]):09d}.parquet"
     path = Path(out_dir) / name
     pq.write_table(shard, path, **PARQUET_OPTIONS)
@@ -299,6 +315,48 @@ def hold_out(keep: np.ndarray, owner: np.ndarray, is_held: np.ndarray, num_users
     return drop
 
 
+def after_cutoff(keep: np.ndarray, owner: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Which kept elements the temporal split drops: those after the cutoff except each user's first,
+    which stays (the test target) only when the user has a kept element before it.
+
+        keep, after [n] bool (list order, grouped by user, chronological), owner [n] their row -> [n] bool
+    """
+    late = keep & after
+    first = np.zeros(len(keep), dtype=bool)
+    at = np.flatnonzero(late)
+    if len(at):
+        users = owner[at]
+        first[at[np.r_[True, users[1:] != users[:-1]]]] = True
+    has_past = np.zeros(int(owner.max()) + 1 if len(owner) else 0, dtype=bool)
+    has_past[owner[keep & ~after]] = True
+    return late & ~(first & has_past[owner])
+
+
+def leave_one_out(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train_len, valid position, test position) per user row (-1: none): the last item is the test
+    target and the one before it the valid target, for users with at least 3 items."""
+    has_eval = lengths >= 3
+    return (
+        np.where(has_eval, lengths - 2, lengths),
+        np.where(has_eval, lengths - 2, -1),
+        np.where(has_eval, lengths - 1, -1),
+    )
+
+
+def temporal_targets(lengths: np.ndarray, num_after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The temporal split's (train_len, valid position, test position) per user row (-1: none): the
+    row is the user's interactions up to the cutoff plus at most one after it (`num_after`); that one is
+    the test target, the last one up to the cutoff the valid target when another stays to train on."""
+    past = lengths - num_after
+    has_valid = past >= 2
+    train_len = np.where(has_valid, past - 1, past)
+    return train_len, np.where(has_valid, past - 1, -1), np.where((num_after > 0) & (past > 0), lengths - 1, -1)
+
+
+def _timestamps(block: pa.Table) -> np.ndarray:
+    return pc.list_flatten(block["timestamps"].combine_chunks()).to_numpy()
+
+
 def _max_timestamp(block: pa.Table, keep: np.ndarray) -> int:
     """The latest time among the kept elements (-1 when none, or the rows carry no time)."""
     if "timestamps" not in block.column_names or not keep.any():
@@ -323,16 +381,18 @@ def _shard_table(
     items: np.ndarray,
     user_index: np.ndarray,
     user_vocab: pa.Array,
+    targets: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> pa.Table:
     """The kept users' rows: kept elements stay in list order (so grouped by user, in user order), items
-    re-indexed, plus the leave-one-out split.
+    re-indexed, plus the split.
 
         rows [U'] kept rows of `block`, lengths [U'] their kept counts, keep [n] mask over list elements,
-        items [n'] final item indices of the kept elements, user_index [U'] final user indices
+        items [n'] final item indices of the kept elements, user_index [U'] final user indices,
+        targets: [U'] train_len, valid and test positions within the row (-1: none)
     """
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-    last = offsets.to_numpy()[1:] - 1
-    has_eval = lengths >= 3
+    start = offsets.to_numpy()[:-1]
+    train_len, valid, test = targets
     items = items.astype(np.int32)
     columns = {
         "user_index": pa.array(user_index.astype(np.int32)),
@@ -345,9 +405,9 @@ def _shard_table(
             values = pc.list_flatten(block[name].combine_chunks())
             columns[name] = pa.ListArray.from_arrays(offsets, values if everything else values.filter(pa.array(keep)))
     at = (lambda i: items[np.maximum(i, 0)]) if len(items) else (lambda i: np.zeros(len(i), np.int32))
-    columns["train_len"] = pa.array(np.where(has_eval, lengths - 2, lengths).astype(np.int32))
-    columns["valid_target"] = pa.array(np.where(has_eval, at(last - 1), 0).astype(np.int32))
-    columns["test_target"] = pa.array(np.where(has_eval, at(last), 0).astype(np.int32))
+    columns["train_len"] = pa.array(train_len.astype(np.int32))
+    columns["valid_target"] = pa.array(np.where(valid >= 0, at(start + valid), 0).astype(np.int32))
+    columns["test_target"] = pa.array(np.where(test >= 0, at(start + test), 0).astype(np.int32))
     return pa.table(columns)
 
 

@@ -134,7 +134,8 @@ def resolve_source(cfg: DataConfig) -> LogSource:
     files = tuple(_drop_absent(f, has_ratings, has_events) for f in files)
     item_file = _item_file(cfg, fmt, files)
     negative = tuple(cfg.negative_events) if has_events else ()
-    return LogSource(fmt, files, has_ratings, has_events, item_file, negative, cfg.time_cutoff)
+    cutoff = cfg.time_cutoff if cfg.split == "leave_one_out" else None  # temporal: later rows are test targets
+    return LogSource(fmt, files, has_ratings, has_events, item_file, negative, cutoff)
 
 
 def detect_format(path: Path) -> str:

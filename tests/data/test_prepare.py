@@ -19,6 +19,7 @@ from raysys.config import DataConfig, SyntheticConfig
 from raysys.data.cache import is_complete
 from raysys.data.dataset import MANIFEST, PreparedDataset
 from raysys.data.prepare import load_or_prepare, prepare_or_reuse
+from raysys.errors import RaysysError
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # every test here starts Ray Data work
@@ -306,3 +307,44 @@ def test_a_time_cutoff_and_a_base_vocabulary_for_updates(ray_session, tmp_path: 
     assert dropped and not dropped & set(new_items)
     rare_base = [i for i in base.item_vocab()["item_id"].to_pylist() if counts[i] < least]
     assert rare_base  # ... base items as rare as the dropped ones stay
+
+
+def test_the_temporal_split(ray_session, tmp_path: Path) -> None:
+    """data.split=temporal: per user the first interaction after the cutoff is the test target (its history
+    everything up to the cutoff), the last one up to it the valid target; later ones are left out and
+    counted, and users with nothing up to the cutoff are filtered."""
+    rows = [
+        ("a", "i1", 1), ("a", "i2", 2), ("a", "i3", 3), ("a", "i4", 11), ("a", "i5", 12),  # 3 past, 2 after
+        ("b", "i1", 4), ("b", "i6", 13),  # 1 past: no valid target, still a test target
+        ("c", "i2", 5), ("c", "i3", 6),  # no after: a valid target, no test target
+        ("d", "i7", 14),  # nothing up to the cutoff: filtered
+    ]  # fmt: skip
+    path = tmp_path / "log.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
+    cfg = DataConfig(path=str(path), cache_dir=str(tmp_path / "c"), split="temporal", time_cutoff=10)
+    ds = load_or_prepare(cfg, progress=False)
+    m = ds.manifest
+    assert (m["num_interactions"], m["num_after_cutoff"], m["num_filtered"]) == (8, 1, 1)
+    assert (m["num_users"], m["num_valid"], m["num_test"]) == (3, 2, 2)
+    ids = ds.item_ids()
+    users = dict(
+        zip(
+            ds.sequences(["user_id"])["user_id"].to_pylist(),
+            ds.sequences(["user_index"])["user_index"].to_pylist(),
+            strict=True,
+        )
+    )
+
+    def named(split: str) -> dict[str, tuple[list[str], str]]:
+        ex = ds.split(split)
+        by_index = {v: k for k, v in users.items()}
+        return {
+            by_index[u]: ([ids[i] for i in h], ids[t])
+            for u, h, t in zip(ex.user_index.tolist(), ex.histories, ex.targets.tolist(), strict=True)
+        }
+
+    assert named("test") == {"a": (["i1", "i2", "i3"], "i4"), "b": (["i1"], "i6")}
+    assert named("valid") == {"a": (["i1", "i2"], "i3"), "c": (["i2"], "i3")}
+    assert [list(map(ids.__getitem__, s)) for s in ds.train_sequences()] == [["i1", "i2"], ["i1"], ["i2"]]
+    with pytest.raises(RaysysError, match="needs a cutoff"):
+        load_or_prepare(cfg.model_copy(update={"time_cutoff": None}), progress=False)
