@@ -327,13 +327,8 @@ def test_the_temporal_split(ray_session, tmp_path: Path) -> None:
     assert (m["num_interactions"], m["num_after_cutoff"], m["num_filtered"]) == (8, 1, 1)
     assert (m["num_users"], m["num_valid"], m["num_test"]) == (3, 2, 2)
     ids = ds.item_ids()
-    users = dict(
-        zip(
-            ds.sequences(["user_id"])["user_id"].to_pylist(),
-            ds.sequences(["user_index"])["user_index"].to_pylist(),
-            strict=True,
-        )
-    )
+    seq = ds.sequences(["user_id", "user_index"])
+    users = dict(zip(seq["user_id"].to_pylist(), seq["user_index"].to_pylist(), strict=True))
 
     def named(split: str) -> dict[str, tuple[list[str], str]]:
         ex = ds.split(split)
