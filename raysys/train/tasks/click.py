@@ -90,9 +90,9 @@ class ClickTask(PretrainTask):
         examples = dataset.split(split)
         ratings = None
         if dataset.manifest.get("has_ratings"):
-            table = dataset.sequences(["ratings", "train_len"])
+            table = dataset.sequences(["ratings"])
             rows = table["ratings"].to_numpy(zero_copy_only=False)[examples.user_index]
-            offset = table["train_len"].to_numpy()[examples.user_index] + (0 if split == "valid" else 1)
+            offset = np.array([len(h) for h in examples.histories])  # the target follows its history
             ratings = np.array([float(r[i]) for r, i in zip(rows, offset, strict=True)], dtype=np.float32)
         cfg = self.train_cfg
         rng = np.random.default_rng([cfg.seed, 0 if split == "valid" else 1])
