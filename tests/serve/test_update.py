@@ -31,11 +31,24 @@ def raysys(*argv: str) -> None:
 
 
 def build_base_run(root: Path, cache: Path) -> Path:
-    """A tiny run the way the pipeline lays it out: prepare, finetune (the teacher), student."""
-    common = ["--config", TINY, f"data.cache_dir={cache}", "finetune.epochs=1", "distill.epochs=1"]
-    raysys("prepare", *common, "--out", str(root / "prepare"))
-    raysys("finetune", *common, "--out", str(root / "finetune"))
-    raysys("distill", *common, f"distill.teacher={root / 'finetune' / 'model'}", "--out", str(root / "student"))
+    """A tiny run laid out as the pipeline's (prepare, finetune = the teacher, student), its models trained
+    in this process for one epoch each (the update under test is what runs on Ray Train here)."""
+    from raysys.config import load_config
+    from raysys.data.prepare import load_or_prepare
+    from raysys.train.local import train_local
+    from raysys.train.tasks import task_for
+
+    cfg = load_config(TINY, [f"data.cache_dir={cache}", "finetune.epochs=1", "distill.epochs=1"])
+    dataset = load_or_prepare(cfg.data, progress=False)
+    (root / "prepare").mkdir(parents=True)
+    (root / "prepare" / "summary.json").write_text(json.dumps({"dataset_path": str(dataset.path)}))
+    teacher = train_local(cfg, "finetune", dataset)
+    task_for(cfg, "finetune").export(teacher.model, root / "finetune", dataset, {"valid": teacher.valid})
+    cfg = cfg.model_copy(
+        update={"distill": cfg.distill.model_copy(update={"teacher": str(root / "finetune" / "model")})}
+    )
+    student = train_local(cfg, "distill", dataset)
+    task_for(cfg, "distill").export(student.model, root / "student", dataset, {"valid": student.valid})
     return root
 
 
@@ -114,7 +127,9 @@ def test_update_promotes_and_swaps_without_a_failed_request_and_refuses_a_worse_
             body = {"user_id": user, "item_ids": [str(rng.choice(old_items))], "timestamp": t}
             assert post(served, "/events", body).status_code == 200
             t += 1
-        worse = update(tmp_path / "u2", tmp_path / "u1", log, cache, "update.serve_app=raysys", "update.lr=1000")
+        worse = update(
+            tmp_path / "u2", tmp_path / "u1", log, cache, "update.serve_app=raysys", "update.lr=1000", "update.epochs=1"
+        )
         assert not worse["promoted"] and worse["swap"] is None
         assert worse["events"]["since"] == "the last update's log position"  # and what the first one held out
         assert worse["events"]["new"] == first["events"]["held_out"] + 30
