@@ -16,6 +16,18 @@ from raysys.models.export import load_model_dir
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
+def read_back_with_ray_data(log, cache, users) -> list[tuple[str, str]]:
+    """(user, item) of every interaction of `users` (a predicate on the user id) that Ray Data reads back
+    from the event log `log` (`raysys prepare`'s pipeline, data.path = the log)."""
+    from raysys.config import DataConfig
+    from raysys.data.prepare import load_or_prepare
+
+    dataset = load_or_prepare(DataConfig(path=str(log), cache_dir=str(cache)), progress=False)
+    items = {row["item_index"]: row["item_id"] for row in dataset.item_vocab().to_pylist()}
+    rows = dataset.sequences(["user_id", "items"]).to_pylist()
+    return [(row["user_id"], items[i]) for row in rows if users(row["user_id"]) for i in row["items"]]
+
+
 def kill_the_store() -> None:
     import ray
 
@@ -36,7 +48,7 @@ def eventually(check, timeout_s: float = 60) -> None:
             time.sleep(0.5)
 
 
-def test_acknowledged_events_and_items_survive_a_killed_store(served, brute_force) -> None:
+def test_acknowledged_events_and_items_survive_a_killed_store(served, brute_force, tmp_path) -> None:
     served.configure(num_replicas=2)
     offline = load_model_dir(served.model_dirs["text"])
     posted = {f"u{n}": [f"i{100 + n}", f"i{120 + n}"] for n in range(20, 26)}
@@ -60,6 +72,8 @@ def test_acknowledged_events_and_items_survive_a_killed_store(served, brute_forc
     pairs = [(u, i) for u, i in zip(logged["user_id"].to_pylist(), logged["item_id"].to_pylist(), strict=True)]
     mine = [p for p in pairs if p[0] in posted]
     assert sorted(mine) == sorted((u, i) for u, items in posted.items() for i in items)  # all, once each
+    read_back = read_back_with_ray_data(served.base.event_log, tmp_path, posted.__contains__)
+    assert sorted(read_back) == sorted(mine)  # and Ray Data reads each back once
     items = read_log(served.base.event_log)
     assert items.filter(pc.equal(items["kind"], "item"))["item_id"].to_pylist().count("storm") == 1
 
@@ -115,9 +129,6 @@ def test_a_replica_killed_mid_write_loses_and_duplicates_no_acknowledged_event(s
     import httpx
     from test_hostile import _replica_pids, wait_answering, wait_healthy
 
-    from raysys.config import DataConfig
-    from raysys.data.prepare import load_or_prepare
-
     served.configure(num_replicas=2)
     wait_healthy(replicas=2)
     acknowledged: list[tuple[str, str]] = []
@@ -158,14 +169,7 @@ def test_a_replica_killed_mid_write_loses_and_duplicates_no_acknowledged_event(s
     assert set(acknowledged) <= set(pairs)
     assert len(pairs) == len(set(pairs)), "an event is in the log twice"
 
-    dataset = load_or_prepare(DataConfig(path=served.base.event_log, cache_dir=str(tmp_path)), progress=False)
-    items = {row["item_index"]: row["item_id"] for row in dataset.item_vocab().to_pylist()}
-    read_back = [
-        (row["user_id"], items[i])
-        for row in dataset.sequences().to_pylist()
-        if row["user_id"].startswith("kill-")
-        for i in row["items"]
-    ]
+    read_back = read_back_with_ray_data(served.base.event_log, tmp_path, lambda user: user.startswith("kill-"))
     assert set(acknowledged) <= set(read_back) and len(read_back) == len(set(read_back))
 
 

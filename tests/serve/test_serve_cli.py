@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_durable_events import read_back_with_ray_data
 
 from raysys.data.event_log import interactions, read_log
 
@@ -69,7 +70,7 @@ def top(answer: httpx.Response) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_serve_stage_serves_until_ctrl_c_and_a_restart_keeps_acknowledged_events(
-    model_dirs: dict[str, Path], tmp_path: Path, unused_port: int
+    model_dirs: dict[str, Path], tmp_path: Path, unused_port: int, ray_session
 ) -> None:
     port, out, url = unused_port, tmp_path / "run", f"http://127.0.0.1:{unused_port}"
     proc = start_serve(model_dirs["text"], port, out, tmp_path)
@@ -93,3 +94,5 @@ def test_serve_stage_serves_until_ctrl_c_and_a_restart_keeps_acknowledged_events
     assert top(post_when_routed(proc, url, "/recommend", {"user_id": "u1", "k": 5})) == reflected
     stop(proc)
     assert interactions(read_log(out / "event_log")).num_rows == 2  # read back once each
+    read_back = read_back_with_ray_data(out / "event_log", tmp_path / "cache", lambda user: True)
+    assert read_back == [("u1", events[0]), ("u1", events[1])]  # and so by Ray Data (the session's cluster)
