@@ -97,18 +97,20 @@ class EventLogWriter:
         seal_records: int = 10_000,
         seal_seconds: float = 60.0,
         remote: str | None = None,
+        schema: pa.Schema = RECORD_SCHEMA,
     ) -> None:
         """remote: an s3:// or gs:// URI each sealed segment is uploaded to (remote_log.py); `root` is then
-        the local stage, where appends are made durable before they return."""
+        the local stage, where appends are made durable before they return. schema: the sealed segments'
+        (RECORD_SCHEMA; the A/B log's is ab_log.AB_SCHEMA); it must hold writer, seq and user_id."""
         if not WRITER_NAME.match(writer):
             raise RaysysError(f"event log writer name {writer!r} may hold only letters, digits, '_' and '.'")
         if seal_records < 1 or seal_seconds <= 0:
             raise RaysysError("seal_records must be >= 1 and seal_seconds > 0", where="event log")
         self.root, self.writer, self.remote = Path(root), writer, remote
-        self.seal_records, self.seal_seconds = seal_records, seal_seconds
+        self.seal_records, self.seal_seconds, self.schema = seal_records, seal_seconds, schema
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_writer_lock(self.root / f"writer-{writer}.lock")
-        self.segment, self.next_seq = recover(self.root, writer)
+        self.segment, self.next_seq = recover(self.root, writer, schema)
         self.uploader = None
         if remote is not None:  # lazily: remote_log builds on this module
             from raysys.data.remote_log import SegmentUploader, remote_resume
@@ -227,7 +229,7 @@ class EventLogWriter:
 
     def _seal(self) -> None:
         """Write the open segment as Parquet, remove its write-ahead file, open the next (lock held)."""
-        seal_segment(self.root, self.writer, self.segment, self._records)
+        seal_segment(self.root, self.writer, self.segment, self._records, self.schema)
         os.close(self._fd)
         self._wal(self.segment).unlink()
         self._records = []
@@ -424,7 +426,7 @@ def user_hashes(users: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(b"".join(digest), dtype="<u8").copy() if digest else np.zeros(0, np.uint64)
 
 
-def seal_orphans(root: str | Path) -> list[str]:
+def seal_orphans(root: str | Path, schema: pa.Schema = RECORD_SCHEMA) -> list[str]:
     """Seal the open segments of writers that are gone (their lock is free: the process died or closed
     without sealing); returns their names. A live writer's files are left alone."""
     root = Path(root)
@@ -437,7 +439,7 @@ def seal_orphans(root: str | Path) -> list[str]:
         except RaysysError:
             continue  # alive
         try:
-            recover(root, writer)
+            recover(root, writer, schema)
             sealed.append(writer)
         finally:
             os.close(fd)
@@ -447,12 +449,14 @@ def seal_orphans(root: str | Path) -> list[str]:
 # ------------------------------------------------------------------------------ segments on disk
 
 
-def seal_segment(root: Path, writer: str, segment: int, records: list[dict[str, Any]]) -> Path:
+def seal_segment(
+    root: Path, writer: str, segment: int, records: list[dict[str, Any]], schema: pa.Schema = RECORD_SCHEMA
+) -> Path:
     """Write `records` as the sealed segment file (temporary name, fsync, rename, fsync of the directory)."""
     path = root / f"seg-{writer}-{segment:08d}.parquet"
     tmp = root / f".{path.name}.tmp"
     # By user (items, without one, last), in small row groups: a user's records are one or two groups (UserIndex)
-    table = records_table(records).sort_by([("user_id", "ascending"), ("seq", "ascending")])
+    table = records_table(records, schema).sort_by([("user_id", "ascending"), ("seq", "ascending")])
     pq.write_table(table, tmp, row_group_size=SEGMENT_ROW_GROUP)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -461,12 +465,12 @@ def seal_segment(root: Path, writer: str, segment: int, records: list[dict[str, 
     return path
 
 
-def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
-    """Records (dicts) -> a RECORD_SCHEMA table."""
-    return pa.Table.from_pylist([{name: r.get(name) for name in RECORD_SCHEMA.names} for r in records], RECORD_SCHEMA)
+def records_table(records: Sequence[dict[str, Any]], schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
+    """Records (dicts) -> a table of `schema` (RECORD_SCHEMA)."""
+    return pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in records], schema)
 
 
-def recover(root: Path, writer: str) -> tuple[int, int]:
+def recover(root: Path, writer: str, schema: pa.Schema = RECORD_SCHEMA) -> tuple[int, int]:
     """Seal what a previous incarnation of `writer` left open; returns (next segment, next seq)."""
     for tmp in root.glob(f".seg-{writer}-*.parquet.tmp"):  # a seal the crash cut short: its WAL is still there
         tmp.unlink()
@@ -478,7 +482,7 @@ def recover(root: Path, writer: str) -> tuple[int, int]:
         if segment not in sealed:
             records = read_wal(path)
             if records:
-                seal_segment(root, writer, segment, records)
+                seal_segment(root, writer, segment, records, schema)
                 sealed.add(segment)
         path.unlink()
     _fsync_dir(root)
@@ -502,22 +506,22 @@ def read_wal(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def read_log(root: str | Path) -> pa.Table:
+def read_log(root: str | Path, schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
     """Every record in the log directory: sealed segments plus the complete lines of open ones, each
     (writer, seq) once, ordered by writer then seq. An empty table when there is no log yet."""
     root = Path(root)
     if not root.is_dir():
-        return RECORD_SCHEMA.empty_table()
+        return schema.empty_table()
     files = _log_files(root)
     sealed = {(_writer_of(path), segment) for kind, segment, path in files if kind == "seg"}
     tables = []
     for kind, segment, path in files:
         if kind == "seg":
-            tables.append(pq.read_table(path, schema=RECORD_SCHEMA))
+            tables.append(pq.read_table(path, schema=schema))
         elif (_writer_of(path), segment) not in sealed:
-            tables.append(records_table(read_wal(path)))
+            tables.append(records_table(read_wal(path), schema))
     if not tables:
-        return RECORD_SCHEMA.empty_table()
+        return schema.empty_table()
     table = pa.concat_tables(tables).sort_by([("writer", "ascending"), ("seq", "ascending")])
     return _drop_repeats(table)
 
