@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from raysys.errors import RaysysError
 
@@ -267,6 +267,14 @@ class TuneConfig(Section):
     synch: bool = False  # PBT: the population waits for its slowest trial at every interval (exploits certain, slower)
 
 
+class VariantConfig(Section):
+    """One arm of an A/B test in Serve (`serve.variants`): its name, the model it serves, its traffic weight."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    model_dir: str | None = None  # None: the served model (serve.model_dir, `raysys serve --model`)
+    weight: float = Field(1.0, ge=0)  # relative: a variant's share of users is weight / the sum of the weights
+
+
 class ReplicaOptions(Section):
     """The serving settings each replica takes from its live `user_config`: a redeploy that changes only
     these reconfigures the running replicas instead of replacing them."""
@@ -298,6 +306,24 @@ class ReplicaOptions(Section):
     live_max_events_per_user: int = Field(1000, ge=1)
     live_max_user_bytes: int = Field(256 << 10, ge=1024)
     live_store_max_bytes: int = Field(256 << 20, ge=1 << 20)
+    # An A/B test (raysys/serve/variants.py): a user's variant is bucket = sha256(ab_salt + user_id) mod 10,000
+    # mapped onto the weights in this order, so it is sticky across requests, replicas and restarts, and a
+    # weight change moves only the buckets that change hands. Requests without a user_id go to the first
+    # variant. Empty: one variant, "default", serving model_dir. Weights change live (a reconfigure).
+    variants: list[VariantConfig] = Field(default_factory=list)
+    ab_salt: str = Field("raysys-ab", min_length=1, max_length=128)  # a new salt is a new split of the users
+    # Log every /recommend with a user_id as an impression (request_id, user, variant, items shown) in the A/B log
+    # beside the event log (EVENT_LOG/ab), which `raysys abtest` analyses with POST /feedback's records.
+    log_impressions: bool = True
+
+    @model_validator(mode="after")
+    def _variants_are_a_split(self) -> ReplicaOptions:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique (got {names})")
+        if self.variants and sum(v.weight for v in self.variants) <= 0:
+            raise ValueError("the variants' weights must not all be 0")
+        return self
 
 
 class ServeConfig(ReplicaOptions):
@@ -353,7 +379,17 @@ class UpdateConfig(Section):
     promote_margin: float = Field(0.0, ge=0)
     holdout_fraction: float = Field(0.1, gt=0, lt=1)  # the newest new events, by time: evaluated on, never trained
     serve_app: str | None = None  # a running Serve application whose model a promotion swaps (a hot reload)
-    variant: str | None = None  # the A/B variant of serve_app to swap (A/B tests in Serve: not built yet)
+    variant: str | None = None  # the A/B variant of serve_app whose model a promotion swaps (serve.variants)
+
+
+class AbtestConfig(Section):
+    """`raysys abtest`: the analysis of the A/B test logged beside the event log (raysys/eval/abtest.py)."""
+
+    event_log: str | None = None  # the event log whose A/B log (EVENT_LOG/ab) is read (None: serve.event_log)
+    control: str | None = None  # the variant the others are compared with (None: serve.variants' first)
+    since: float | None = None  # only records at or after this time (seconds since the epoch)
+    until: float | None = None  # ... and before this one
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of `significant`
 
 
 class Config(Section):
@@ -370,6 +406,7 @@ class Config(Section):
     serve: ServeConfig = ServeConfig()
     pipeline: PipelineConfig = PipelineConfig()
     update: UpdateConfig = UpdateConfig()
+    abtest: AbtestConfig = AbtestConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML-safe): what crosses the Ray boundary and is saved."""
@@ -392,6 +429,7 @@ PATH_KEYS = (
     "distill.init_from",
     "update.base_run",
     "update.event_log",
+    "abtest.event_log",
     "serve.model_dir",
 )
 
