@@ -61,8 +61,9 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     base, log = base_run(cfg), event_log(cfg)
-    if cfg.update.variant is not None:
-        raise RaysysError("A/B variants are not available yet", where="update.variant", hint="leave it unset")
+    if cfg.update.variant is not None and not cfg.update.serve_app:
+        raise RaysysError("an A/B variant to swap needs the application", where="update.variant",
+                          hint="set update.serve_app too (serve.app_name of the running endpoint)")  # fmt: skip
     dataset = PreparedDataset.open(_read_summary(base / "prepare")["dataset_path"])
     cutoff = latest_time(dataset)
     seconds: dict[str, float] = {}
@@ -93,7 +94,8 @@ def run(cfg: Config, out_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     promoted, reason = decide(models["candidate"]["metrics"], models["serving"]["metrics"], cfg.update.promote_margin)
     swap = None
     if promoted and cfg.update.serve_app:
-        seconds["swap"], swap = _timed(lambda: _swap(cfg.update.serve_app, out_dir / "student" / "model"))
+        candidate = out_dir / "student" / "model"
+        seconds["swap"], swap = _timed(lambda: _swap(cfg.update.serve_app, candidate, cfg.update.variant))
     vocab = {
         "new_items": new_dataset.num_items - dataset.num_items,
         "new_users": len(new_dataset.user_vocab()) - len(dataset.user_vocab()),
@@ -245,12 +247,12 @@ def _stage(stage: str, cfg: Config, out_dir: Path, name: str | None = None) -> d
     return summary
 
 
-def _swap(app: str, model_dir: Path) -> dict[str, Any]:
+def _swap(app: str, model_dir: Path, variant: str | None) -> dict[str, Any]:
     from raysys.cluster import init_ray
     from raysys.serve.deploy import swap_model
 
     init_ray()
-    return swap_model(app, str(model_dir.resolve()))
+    return swap_model(app, str(model_dir.resolve()), variant=variant)
 
 
 def _not_promoted(reason: str, events: dict[str, Any], start: float) -> dict[str, Any]:

@@ -3,8 +3,13 @@
     serve deploy jobs/configs/serve.yaml          # import_path: raysys.serve.app:app
     raysys serve --model runs/distill/model       # the same app on the local Ray cluster
 
-Endpoints (OpenAPI page at /docs): POST /recommend, POST /events, POST /items, GET /healthz,
-GET /metadata. All item and user ids are the original ids of the data.
+Endpoints (OpenAPI page at /docs): POST /recommend, POST /events, POST /feedback, POST /items,
+GET /healthz, GET /metadata. All item and user ids are the original ids of the data.
+
+A/B tests: a replica serves every variant of `serve.variants` (variants.py: a user's variant is a pure
+function of its id, so every replica agrees); each /recommend answer carries its variant and a
+request_id, and each one with a user_id is logged as an impression in the A/B log beside the event log
+(ab_log.py: one append per batch); POST /feedback is logged there too, durably, and as an interaction.
 
 Writes are durable before they are acknowledged: `/events` and `/items` append their records to the
 replica's writer of the event log (event_log.py; fsynced, group commit) and only then push them to the
@@ -33,7 +38,8 @@ import hmac
 import logging
 import re
 import time
-from dataclasses import replace
+import uuid
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raysys import __version__
+from raysys.data.ab_log import AB_SCHEMA, ab_location, feedback_record, impression_record
 from raysys.data.event_log import EventLogWriter, event_record, item_record
 from raysys.data.remote_log import log_location
 from raysys.errors import RaysysError
@@ -60,6 +67,8 @@ from raysys.serve.metrics import ServeMetrics
 from raysys.serve.schemas import (
     EventsRequest,
     EventsResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     HealthResponse,
     ItemRequest,
     ItemResponse,
@@ -67,8 +76,9 @@ from raysys.serve.schemas import (
     RecommendRequest,
     RecommendResponse,
     ScoredItem,
+    VariantInfo,
 )
-from raysys.serve.scoring import Query, ServingModel, negative_events
+from raysys.serve.scoring import Query, Recommendation, ServingModel, negative_events
 from raysys.serve.settings import DEPLOYMENT_NAME, ReplicaSettings
 from raysys.serve.state import (
     STORE_ENV,
@@ -80,6 +90,7 @@ from raysys.serve.state import (
     LiveStoreClient,
     StoreUnavailable,
 )
+from raysys.serve.variants import VariantSplit
 
 logger = logging.getLogger("ray.serve")
 
@@ -87,9 +98,26 @@ LIVE_STORE_NAME = "live_store"
 API_KEY_HEADER = "X-API-Key"
 REPLICA_HEADER = "x-raysys-replica"  # which replica answered: for debugging and the consistency tests
 OPEN_PATHS = ("/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
-ENDPOINTS = ("/recommend", "/events", "/items", "/healthz", "/metadata")
+ENDPOINTS = ("/recommend", "/events", "/feedback", "/items", "/healthz", "/metadata")
 RETRY_AFTER_S = 1
 DEFAULT_EVENT_LOG = "~/.cache/raysys/event_log"  # serve.event_log None: a bare `serve deploy`
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a replica serves: the A/B split and each variant's model (variants naming one model directory
+    share one loaded model). Swapped as one reference, so a batch keeps the split and models it started with."""
+
+    split: VariantSplit
+    by_dir: dict[str, ServingModel]
+
+    def model(self, variant: str) -> ServingModel:
+        return self.by_dir[next(v.model_dir for v in self.split.variants if v.name == variant)]
+
+    @property
+    def first(self) -> ServingModel:
+        """The first variant's model: requests without a user_id, the catalog /events and /items check."""
+        return self.model(self.split.variants[0].name)
 
 
 @serve.deployment(
@@ -119,7 +147,7 @@ class Recommender:
 
     def __init__(self) -> None:
         self.settings: ReplicaSettings | None = None
-        self.model: ServingModel | None = None
+        self.serving: Serving | None = None
         self.metrics = ServeMetrics()
         self.store = LiveStoreClient(lambda: serve.get_deployment_actor(LIVE_STORE_NAME))
         self.replica_tag = serve.get_replica_context().replica_tag  # sent back in REPLICA_HEADER
@@ -127,20 +155,27 @@ class Recommender:
         self._reload_lock = asyncio.Lock()
         self._encoder_task: asyncio.Task | None = None
         self.log: EventLogWriter | None = None  # this replica's writer of the event log
+        self.ab_log: EventLogWriter | None = None  # ... and of the A/B log beside it (impressions, feedback)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self)
 
     # ---------------------------------------------------------------------------- lifecycle
 
+    @property
+    def model(self) -> ServingModel | None:
+        return self.serving.first if self.serving is not None else None
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply a new `user_config`; a changed `model_dir` is loaded in a thread, then swapped in."""
+        """Apply a new `user_config`; a changed model directory (`model_dir`, a variant's) is loaded in a
+        thread, then swapped in with the variants' split (weights change live)."""
         try:
             settings = ReplicaSettings.model_validate(user_config)
         except ValidationError as exc:
             raise ValueError(f"invalid user_config for {DEPLOYMENT_NAME}: {exc}") from None
         settings = await self._settle_api_key(settings)
-        negative = negative_events(read_model_config(Path(settings.model_dir)))
+        split = VariantSplit.of(settings, settings.model_dir)
+        negative = negative_events(read_model_config(Path(split.variants[0].model_dir)))
         local, remote = log_location(settings.event_log or DEFAULT_EVENT_LOG, settings.event_log_stage)
         await self._open_log(str(local), remote, negative)
         self.mirror.start()
@@ -153,12 +188,25 @@ class Recommender:
         self._recommend_batched.set_max_batch_size(settings.max_batch_size)
         self._recommend_batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
         async with self._reload_lock:
-            if self._needs_load(settings):
-                model = await asyncio.to_thread(ServingModel.load, settings.model_dir, int8=settings.int8)
-                self._sync_items(model, await self._read_store_or_empty([], model))
-                self.model = model  # one reference swap: in-flight batches keep the model they started with
-                logger.info("serving model %s from %s", model.version, settings.model_dir)
+            by_dir = await self._load_models(split, settings)
+            self.serving = Serving(split, by_dir)  # one reference swap: in-flight batches keep what they started with
             self.settings = settings
+
+    async def _load_models(self, split: VariantSplit, settings: ReplicaSettings) -> dict[str, ServingModel]:
+        """Each variant's model directory -> its model: the one loaded already (same precision, and the same
+        model version: a directory re-exported in place is loaded again), else loaded in a thread and synced
+        with the items the live store holds."""
+        same_precision = self.serving is not None and self.settings.int8 == settings.int8
+        loaded = self.serving.by_dir if same_precision else {}
+        by_dir: dict[str, ServingModel] = {}
+        for directory in dict.fromkeys(v.model_dir for v in split.variants):
+            model = loaded.get(directory)
+            if model is None or read_model_config(Path(directory))["model_version"] != model.version:
+                model = await asyncio.to_thread(ServingModel.load, directory, int8=settings.int8)
+                self._sync_items(model, await self._read_store_or_empty([], model))
+                logger.info("serving model %s from %s", model.version, directory)
+            by_dir[directory] = model
+        return by_dir
 
     async def _settle_api_key(self, settings: ReplicaSettings) -> ReplicaSettings:
         """A config naming no key keeps the key in force (this replica's, or the one the store
@@ -184,29 +232,29 @@ class Recommender:
         if self.log is not None and (str(self.log.root), self.log.remote) == (root, remote):
             return
         name = re.sub(r"[^A-Za-z0-9_.]", "_", self.replica_tag)
+        ab_root, ab_remote = ab_location(root, remote)
         writer = partial(EventLogWriter, root, name, remote=remote)
-        old, self.log = self.log, await asyncio.to_thread(writer)
+        ab_writer = partial(EventLogWriter, ab_root, name, remote=ab_remote, schema=AB_SCHEMA)
+        old = self.log, self.ab_log
+        self.log, self.ab_log = await asyncio.to_thread(writer), await asyncio.to_thread(ab_writer)
         self.mirror.log_root, self.mirror.log_remote = root, remote
-        if old is not None:
-            await asyncio.to_thread(old.close)
+        for log in old:
+            if log is not None:
+                await asyncio.to_thread(log.close)
         try:
             await self.store.call("open_log", root, negative, remote, timeout_s=30.0)
         except StoreUnavailable as exc:
             logger.warning("live store not told of the event log yet (its next follow will): %s", exc)
 
     def __del__(self) -> None:
-        """On shutdown: seal this replica's open segment (else the store seals it later, as after a crash)."""
-        if self.log is not None:
+        """On shutdown: seal this replica's open segments (else the store seals them later, as after a crash)."""
+        for log in (self.log, self.ab_log):
+            if log is None:
+                continue
             try:
-                self.log.close()
+                log.close()
             except Exception as exc:  # noqa: BLE001 - shutting down: log, never raise
                 logger.warning("closing the event log writer failed: %s", exc)
-
-    def _needs_load(self, settings: ReplicaSettings) -> bool:
-        """A new directory or precision, or the same directory re-exported with another model version."""
-        if self.model is None or (settings.model_dir, settings.int8) != (self.settings.model_dir, self.settings.int8):
-            return True
-        return read_model_config(Path(settings.model_dir))["model_version"] != self.model.version
 
     def check_health(self) -> None:
         """Called by the Serve controller; a replica without a model is restarted."""
@@ -227,9 +275,51 @@ class Recommender:
         return await self.predict(requests)
 
     async def predict(self, batch: list[RecommendRequest]) -> list[RecommendResponse]:
-        """Answer a batch: live events from the local mirror (the store itself only when the mirror is
-        not current), then `ServingModel.predict` in a worker thread."""
-        model, settings = self.model, self.settings
+        """Answer a batch: each request by its user's variant's model (`_rank`), each answer with its
+        variant and a new request_id; then the impressions are logged (requests with a user_id)."""
+        serving, settings = self.serving, self.settings
+        variants = [serving.split.assign(r.user_id) for r in batch]
+        responses: list[RecommendResponse] = [None] * len(batch)  # type: ignore[list-item] - all set below
+        for variant in dict.fromkeys(variants):
+            part = [i for i, v in enumerate(variants) if v == variant]
+            model = serving.model(variant)
+            results = await self._rank(model, [batch[i] for i in part], settings)
+            for i, result in zip(part, results, strict=True):
+                fell_back, unknown = result.fallback is not None, len(result.unknown_items)
+                self.metrics.record_recommendation(model.version, fell_back, unknown)
+                responses[i] = RecommendResponse(
+                    items=[ScoredItem(item_id=item, score=score) for item, score in result.items],
+                    model_version=model.version,
+                    fallback=result.fallback,
+                    unknown_items=result.unknown_items,
+                    variant=variant,
+                    request_id=uuid.uuid4().hex,
+                )
+        if settings.log_impressions:
+            await self._log_impressions(batch, responses)
+        return responses
+
+    async def _log_impressions(self, batch: list[RecommendRequest], responses: list[RecommendResponse]) -> None:
+        """One impression record per answer to a user (one append, one group commit, for the batch). A log
+        that cannot be written costs the impressions, not the answers: it is logged as a warning."""
+        records = [
+            impression_record(answer.request_id, request.user_id, answer.variant, [i.item_id for i in answer.items])
+            for request, answer in zip(batch, responses, strict=True)
+            if request.user_id is not None
+        ]
+        log = self.ab_log
+        if not records or log is None:
+            return
+        try:
+            await asyncio.to_thread(log.append, records)
+        except RaysysError as exc:
+            logger.warning("%d impressions not logged (the answers are served): %s", len(records), exc)
+
+    async def _rank(
+        self, model: ServingModel, batch: list[RecommendRequest], settings: ReplicaSettings
+    ) -> list[Recommendation]:
+        """Rank a batch with `model`: live events from the local mirror (the store itself only when the
+        mirror is not current), then `ServingModel.predict` in a worker thread."""
         users = [r.user_id for r in batch if r.history is None]
         snapshot = self.mirror.read(users, model.synced_store_items, model.synced_store_epoch)
         evicted = [
@@ -242,20 +332,7 @@ class Recommender:
             self.metrics.record_store_read(model.version, 1000 * (time.perf_counter() - start))
         self._sync_items(model, snapshot)
         queries = [self._query(r, model, snapshot, settings.max_history) for r in batch]
-        results = await asyncio.to_thread(model.predict, queries)
-        responses = []
-        for result in results:
-            self.metrics.record_recommendation(model.version, result.fallback is not None, len(result.unknown_items))
-            items = [ScoredItem(item_id=i, score=s) for i, s in result.items]
-            responses.append(
-                RecommendResponse(
-                    items=items,
-                    model_version=model.version,
-                    fallback=result.fallback,
-                    unknown_items=result.unknown_items,
-                )
-            )
-        return responses
+        return await asyncio.to_thread(model.predict, queries)
 
     @staticmethod
     def _query(request: RecommendRequest, model: ServingModel, snapshot: LiveSnapshot, max_history: int) -> Query:
@@ -273,13 +350,7 @@ class Recommender:
         when = float(request.timestamp) if request.timestamp is not None else time.time()
         records = [event_record(request.user_id, i, request.event, timestamp=when) for i in request.item_ids]
         key = await self._write_log(records)
-        positive = request.event not in self.model.negative_events
-        try:
-            args = (request.user_id, request.item_ids, key, positive)
-            live = await self.store.call("append_events", *args, timeout_s=WRITE_TIMEOUT_S)
-        except StoreUnavailable as exc:  # durable already: the store takes the events in from the log
-            logger.warning("live store unavailable; events logged, not yet live: %s", exc)
-            live = None
+        live = await self._push_events(request.user_id, request.item_ids, request.event, key)
         index = self.model.catalog.index
         unknown = [i for i in request.item_ids if i not in index]
         return EventsResponse(
@@ -289,6 +360,31 @@ class Recommender:
             live_events=live,
             unknown_items=unknown,
         )
+
+    async def post_feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        """Log the feedback in the A/B log (with the user's variant now) and as the user's interaction in
+        the event log, both durably, then push the interaction to the live store like /events."""
+        variant = self.serving.split.assign(request.user_id)
+        when = float(request.timestamp) if request.timestamp is not None else time.time()
+        user, item, event = request.user_id, request.item_id, request.event
+        feedback = feedback_record(request.request_id, user, item, event, variant, timestamp=when)
+        key, _ = await asyncio.gather(
+            self._write_log([event_record(user, item, event, timestamp=when)]), self._write_log([feedback], self.ab_log)
+        )
+        live = await self._push_events(user, [item], event, key)
+        return FeedbackResponse(
+            request_id=request.request_id, user_id=user, item_id=item, event=event, variant=variant, live_events=live
+        )
+
+    async def _push_events(self, user_id: str, item_ids: list[str], event: str, key: tuple[str, int]) -> int | None:
+        """Hand logged events to the live store; the user's live event count, None when the store is away
+        (the events are durable already: it takes them in from the log)."""
+        positive = event not in self.model.negative_events
+        try:
+            return await self.store.call("append_events", user_id, item_ids, key, positive, timeout_s=WRITE_TIMEOUT_S)
+        except StoreUnavailable as exc:
+            logger.warning("live store unavailable; events logged, not yet live: %s", exc)
+            return None
 
     async def add_item(self, request: ItemRequest) -> ItemResponse:
         model = self.model
@@ -307,17 +403,20 @@ class Recommender:
             snapshot = await self.store.call("read", [], model.synced_store_items, model.synced_store_epoch)
         except StoreUnavailable as exc:  # durable already: this replica takes it now, the others from the log
             logger.warning("live store unavailable; item logged, added here first: %s", exc)
-            model.add_items([(request.item_id, embedding)])
+            for each in self.serving.by_dir.values():
+                if each.uses_text:
+                    each.add_items([(request.item_id, embedding)])
             return ItemResponse(item_id=request.item_id, catalog_size=model.catalog.size, model_version=model.version)
         if not added:
             raise HTTPException(409, f"item {request.item_id!r} was already added")
-        self._sync_items(model, snapshot)
+        for each in self.serving.by_dir.values():
+            self._sync_items(each, snapshot)
         return ItemResponse(item_id=request.item_id, catalog_size=model.catalog.size, model_version=model.version)
 
-    async def _write_log(self, records: list[dict[str, Any]]) -> tuple[str, int]:
-        """Append `records` to this replica's event log writer, durably; returns the first one's key
-        (writer, seq). 503 when the log cannot be written: nothing was acknowledged."""
-        log = self.log  # a reconfigure may swap it meanwhile: the key names the writer that wrote
+    async def _write_log(self, records: list[dict[str, Any]], log: EventLogWriter | None = None) -> tuple[str, int]:
+        """Append `records` to this replica's event log writer (or `log`), durably; returns the first one's
+        key (writer, seq). 503 when the log cannot be written: nothing was acknowledged."""
+        log = log or self.log  # a reconfigure may swap it meanwhile: the key names the writer that wrote
         try:
             seqs = await asyncio.to_thread(log.append, records)
         except RaysysError as exc:
@@ -368,7 +467,12 @@ class Recommender:
         return HealthResponse(status="ok", model_version=self.model.version)
 
     def metadata(self) -> MetadataResponse:
-        model = self.model
+        serving = self.serving
+        model, shares = serving.first, serving.split.shares()
+        variants = [
+            VariantInfo(name=v.name, weight=v.weight, share=shares[v.name], model_version=serving.model(v.name).version)
+            for v in serving.split.variants
+        ]
         return MetadataResponse(
             model_version=model.version,
             trained_at=model.trained_at,
@@ -377,6 +481,8 @@ class Recommender:
             uses_text=model.uses_text,
             max_len=model.max_len,
             batching=self.settings.batching,
+            variants=variants,
+            log_impressions=self.settings.log_impressions,
         )
 
     # ---------------------------------------------------------------------------- guard hooks
@@ -490,6 +596,12 @@ def build_api(service: Recommender) -> FastAPI:
     async def events(body: EventsRequest) -> EventsResponse:
         """Append a user's new interactions; every later /recommend for the user reflects them."""
         return await service.post_events(body)
+
+    @api.post("/feedback", response_model=FeedbackResponse, dependencies=key)
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        """What the user did with a recommended item (click, purchase, skip): logged for the A/B analysis
+        (`raysys abtest`) and as an interaction, like /events."""
+        return await service.post_feedback(body)
 
     @api.post("/items", response_model=ItemResponse, dependencies=key)
     async def items(body: ItemRequest) -> ItemResponse:

@@ -114,12 +114,13 @@ def wait_running(app_name: str, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def swap_model(app_name: str, model_dir: str, timeout_s: float = 180.0) -> dict[str, Any]:
-    """Point the running application `app_name` at `model_dir`: its deployed config again, with only the
-    recommender's `user_config.model_dir` changed, so the replicas reload in place (a hot reload: each
-    loads the new model beside the old and swaps, no request fails). The cluster's other applications
-    are deployed as they are. Returns {"app", "model_dir", "previous"}; RaysysError when the
-    application is not running here or does not come back RUNNING."""
+def swap_model(app_name: str, model_dir: str, timeout_s: float = 180.0, variant: str | None = None) -> dict[str, Any]:
+    """Point the running application `app_name` (its A/B `variant`, when given) at `model_dir`: its deployed
+    config again, with only the recommender's `user_config.model_dir` (or that variant's model_dir) changed,
+    so the replicas reload in place (a hot reload: each loads the new model beside the old and swaps, no
+    request fails). The cluster's other applications are deployed as they are. Returns {"app", "variant",
+    "model_dir", "previous"}; RaysysError when the application (or variant) is not running here or does
+    not come back RUNNING."""
     from ray.serve._private.constants import SERVE_NAMESPACE
     from ray.serve.context import _get_global_client
     from ray.serve.exceptions import RayServeException
@@ -141,10 +142,22 @@ def swap_model(app_name: str, model_dir: str, timeout_s: float = 180.0) -> dict[
     deployment = next((d for d in config.get("deployments", []) if d.get("name") == DEPLOYMENT_NAME), None)
     if deployment is None or "user_config" not in deployment:
         raise RaysysError(f"application {app_name!r} has no {DEPLOYMENT_NAME} deployment", where="update.serve_app")
-    previous = deployment["user_config"].get("model_dir")
-    deployment["user_config"] = {**deployment["user_config"], "model_dir": str(model_dir)}
+    user_config = deployment["user_config"]
+    if variant is None:
+        previous = user_config.get("model_dir")
+        deployment["user_config"] = {**user_config, "model_dir": str(model_dir)}
+    else:
+        variants = [dict(v) for v in user_config.get("variants") or []]
+        target = next((v for v in variants if v.get("name") == variant), None)
+        if target is None:
+            names = [v.get("name") for v in variants]
+            raise RaysysError(f"application {app_name!r} has no variant {variant!r} (its variants: {names or 'none'})",
+                              where="update.variant")  # fmt: skip
+        previous = target.get("model_dir") or user_config.get("model_dir")
+        target["model_dir"] = str(model_dir)
+        deployment["user_config"] = {**user_config, "variants": variants}
     schema = {key: details[key] for key in ("proxy_location", "http_options") if details.get(key) is not None}
     schema["applications"] = [app for app in apps.values() if app is not None]
     client.deploy_apps(ServeDeploySchema.model_validate(schema))
     wait_running(app_name, timeout_s)
-    return {"app": app_name, "model_dir": str(model_dir), "previous": previous}
+    return {"app": app_name, "variant": variant, "model_dir": str(model_dir), "previous": previous}

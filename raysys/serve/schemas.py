@@ -79,6 +79,8 @@ class RecommendResponse(BaseModel):
     model_version: str
     fallback: Literal["popularity"] | None = None
     unknown_items: list[str] = Field(default_factory=list)
+    variant: str = Field(description="the A/B variant that answered (the user's; the first for no user_id)")
+    request_id: str = Field(description="names this answer: send it back with POST /feedback")
 
 
 class EventsRequest(Strict):
@@ -105,6 +107,30 @@ class EventsResponse(BaseModel):
     unknown_items: list[str] = Field(default_factory=list, description="ids not in the served catalog (still stored)")
 
 
+class FeedbackRequest(Strict):
+    """POST /feedback: what the user did with a recommended item (logged for `raysys abtest`, and as an
+    interaction of the user, like POST /events)."""
+
+    request_id: Annotated[StrictStr, AfterValidator(_unicode)] | None = Field(
+        None, min_length=1, max_length=64, description="the /recommend answer's request_id the item was shown in"
+    )
+    user_id: Id
+    item_id: Id
+    event: Literal["click", "purchase", "skip"]
+    timestamp: float | int | None = Field(
+        None, gt=0, lt=MAX_TIMESTAMP, description="seconds since the epoch (default: when the request arrives)"
+    )
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str | None
+    user_id: str
+    item_id: str
+    event: str
+    variant: str = Field(description="the user's A/B variant now (the analysis prefers the request_id's)")
+    live_events: int | None = Field(description="as for POST /events")
+
+
 class ItemRequest(Strict):
     """POST /items: a new item, scored from its text embedding (models trained with item text)."""
 
@@ -123,6 +149,13 @@ class HealthResponse(BaseModel):
     model_version: str
 
 
+class VariantInfo(BaseModel):
+    name: str
+    weight: float
+    share: float = Field(description="share of the users (of the 10,000 buckets)")
+    model_version: str
+
+
 class MetadataResponse(BaseModel):
     model_version: str
     trained_at: str | None
@@ -131,3 +164,5 @@ class MetadataResponse(BaseModel):
     uses_text: bool
     max_len: int
     batching: bool
+    variants: list[VariantInfo] = Field(description="the A/B variants, in order (one, 'default', without a test)")
+    log_impressions: bool

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from pathlib import Path
 
 from pydantic import field_validator
 
@@ -51,6 +52,9 @@ class ReplicaSettings(ReplicaOptions):
         """The settings `cfg` gives replicas serving `model_dir`; the API key only as its hash."""
         key = resolve_api_key(cfg)
         options = cfg.model_dump(include=set(ReplicaOptions.model_fields))
+        for variant in options["variants"]:  # the replicas may run elsewhere: absolute paths
+            if variant["model_dir"] and "://" not in variant["model_dir"]:
+                variant["model_dir"] = str(Path(variant["model_dir"]).expanduser().resolve())
         digest = KEY_OFF if key == KEY_OFF else hashlib.sha256(key.encode()).hexdigest() if key else None
         return cls(model_dir=model_dir, api_key_sha256=digest, **options)
 

@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from raysys.config import DataConfig
+from raysys.data.ab_log import AB_SCHEMA, ab_location
 from raysys.data.event_log import LogTailer, UserIndex, seal_orphans
 from raysys.data.remote_log import pull_segments, push_segments
 from raysys.errors import RaysysError
@@ -453,15 +454,27 @@ class LiveStore:
             await asyncio.sleep(TAIL_S)
             try:
                 if time.monotonic() - last_sweep > SEAL_ORPHANS_S:
-                    await self._io(seal_orphans, tailer.root)
-                    if self.log_remote is not None and self._tailer is tailer:
-                        await self._sync_remote(str(tailer.root), self.log_remote)
+                    await self._sweep(tailer)
                     last_sweep = time.monotonic()
                 async with self._lock_log():
                     if self._tailer is tailer:
                         await self._take_in()
             except Exception as exc:  # noqa: BLE001 - a bad read must not end the tailing
                 logger.warning("live store: reading the event log failed: %s", exc)
+
+    async def _sweep(self, tailer: LogTailer) -> None:
+        """Seal the open segments of dead writers, in the event log and the A/B log beside it; with a URI,
+        upload what the stages hold (and download the event log's segments the stage lacks)."""
+        ab_root, ab_remote = ab_location(tailer.root, self.log_remote)
+        await self._io(seal_orphans, tailer.root)
+        await self._io(seal_orphans, ab_root, AB_SCHEMA)
+        if self.log_remote is None or self._tailer is not tailer:
+            return
+        await self._sync_remote(str(tailer.root), self.log_remote)
+        try:
+            await self._io(push_segments, ab_root, ab_remote)
+        except RaysysError as exc:
+            logger.warning("live store: uploading the A/B log to %s failed: %s", ab_remote, exc)
 
     async def _sync_remote(self, root: str, remote: str) -> None:
         """Upload the stage's sealed segments the URI lacks (dead writers' too) and download the ones the
