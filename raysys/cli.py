@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "tune": "raysys.recipes.tune",
     "pipeline": "raysys.recipes.pipeline",
     "update": "raysys.recipes.update",
+    "abtest": "raysys.recipes.abtest",
 }
 
 EPILOG = """examples:

@@ -62,6 +62,7 @@ def build_report(
         _csv_section("Tune results", tune_results, "trials of `raysys tune`, best first when a ndcg column exists"),
         _csv_section("Ablation", ablation, "one row per variant"),
         _serving_section(summary.get("serve_smoke"), bench_serve),
+        _abtest_section(_read_json(run_dir / "abtest.json")),
         _artifacts_section(run_dir, summary),
     ]
     body = "\n".join(section for section in sections if section)
@@ -307,6 +308,34 @@ def _serving_section(smoke: dict[str, Any] | None, bench_serve: Path | None) -> 
     if bench_md is not None and bench_md.is_file():
         parts.append(f"<h3>Load benchmark (jobs/bench/serving.py)</h3><pre>{html.escape(bench_md.read_text())}</pre>")
     return "<h2>Serving</h2>" + "".join(parts) if parts else ""
+
+
+def _abtest_section(result: dict[str, Any]) -> str:
+    """The A/B test of `raysys abtest` (RUN/abtest.json): CTR per variant, its interval, the p-values."""
+    if not result.get("variants"):
+        return ""
+    rows = []
+    for name, v in result["variants"].items():
+        low, high = v.get("ctr_ci95") or [None, None]
+        interval = f"{low:.4f} – {high:.4f}" if low is not None and high is not None else None
+        control = name == result.get("control")
+        counts = [v.get(key) for key in ("users", "impressions", "clicks", "ctr")]
+        tests = [v.get(key) for key in ("lift", "p_value", "p_value_impressions")]
+        rows.append([name + (" (control)" if control else ""), *counts, interval, *tests])
+    verdict = "significant" if result.get("significant") else "not significant"
+    left = result.get("left_out", {})
+    return (
+        "<h2>A/B test</h2>"
+        f"<p>Unit of analysis: the user (its variant is fixed by its id). p = {_cell(result.get('p_value'))}: "
+        f"<b>{verdict}</b> at alpha {_cell(result.get('alpha'))}. CTR = clicks / impressions; the interval and "
+        "p-value are the user-level delta method's; the impression-level test is shown beside it, for reference "
+        f"only. Left out: {_cell(left.get('users_in_several_variants', 0))} users seen in several variants, "
+        f"{_cell(left.get('feedback_without_impression', 0))} feedback records without an impression.</p>"
+        + _table(
+            ["variant", "users", "impressions", "clicks", "CTR", "95 % CI", "lift", "p (users)", "p (impressions)"],
+            rows,
+        )
+    )
 
 
 def _artifacts_section(run_dir: Path, summary: dict[str, Any]) -> str:
