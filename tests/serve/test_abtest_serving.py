@@ -62,6 +62,18 @@ def variant_by_user(served, users: list[str], split: VariantSplit, timeout_s: fl
         time.sleep(0.5)
 
 
+def ab_records_with(served, request_id: str, timeout_s: float = 10) -> list[dict]:
+    """The A/B log's records once the impression of `request_id` is in it (impressions are appended while
+    the answer goes out; feedback is in the log before its answer)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = read_ab_log(served.base.event_log).to_pylist()  # write-ahead files included
+        if any(r["kind"] == "impression" and r["request_id"] == request_id for r in rows):
+            return rows
+        assert time.monotonic() < deadline, f"no impression of {request_id} logged"
+        time.sleep(0.2)
+
+
 def test_a_user_keeps_its_variant_across_requests_replicas_and_a_restart_and_weights_move_only_their_share(
     served,
 ) -> None:
@@ -116,19 +128,18 @@ def test_impressions_and_feedback_are_logged_and_feedback_is_an_interaction(serv
         skip = post(served, "/feedback", {"user_id": "fb-user", "item_id": "i7", "event": "skip", "timestamp": 1e9})
         assert skip.status_code == 200 and skip.json()["request_id"] is None
 
-        log = read_ab_log(served.base.event_log)  # acknowledged: in the log already (write-ahead files included)
-        rows = log.to_pylist()
+        rows = ab_records_with(served, answer["request_id"])
         impressions = [r for r in rows if r["kind"] == "impression" and r["request_id"] == answer["request_id"]]
         assert len(impressions) == 1 and impressions[0]["user_id"] == "fb-user"
         assert impressions[0]["item_ids"] == [i["item_id"] for i in answer["items"]]
         assert impressions[0]["variant"] == answer["variant"]
         assert not [r for r in rows if r["request_id"] == anonymous.json()["request_id"]]
-        mine = [(r["request_id"], r["item_id"], r["event"], r["variant"]) for r in rows if r["kind"] == "feedback"
-                and r["user_id"] == "fb-user"]  # fmt: skip
-        assert mine == [
+        mine = {(r["request_id"], r["item_id"], r["event"], r["variant"]) for r in rows if r["kind"] == "feedback"
+                and r["user_id"] == "fb-user"}  # fmt: skip
+        assert mine == {
             (answer["request_id"], item, "click", answer["variant"]),
             (None, "i7", "skip", answer["variant"]),
-        ]
+        }
         events = interactions(read_log(served.base.event_log)).to_pylist()  # and the user's interactions
         logged = {(e["item_id"], e["event"]) for e in events if e["user_id"] == "fb-user"}
         assert logged == {(item, "click"), ("i7", "skip")}
