@@ -113,3 +113,23 @@ def test_a_fresh_stage_continues_numbering_and_rebuilds_the_store_from_the_uri(t
     asyncio.run(rebuild())
     assert pull_segments(uri, second) == ["seg-r0-00000000.parquet"]  # only what the stage lacked
     assert keys(read_log(second)) == [("r0", n) for n in range(4)]
+
+
+def test_the_ab_log_beside_a_uri_log_is_uploaded_and_read_back(tmp_path: Path, bucket: str) -> None:
+    """What a replica does for an s3:// event log: its A/B writer stages EVENT_LOG/ab and uploads the sealed
+    segments to URI/ab; `raysys abtest` reads them from the URI (copied to the cache), training never does."""
+    from raysys.data.ab_log import AB_SCHEMA, ab_location, impression_record, read_ab_log
+
+    uri = f"s3://{bucket}/with-ab"
+    stage, _ = log_location(uri, str(tmp_path / "stages"))
+    ab_root, ab_remote = ab_location(stage, uri)
+    assert ab_remote == f"{uri}/ab"
+    with EventLogWriter(stage, "r0", remote=uri) as events, EventLogWriter(ab_root, "r0", remote=ab_remote,
+                                                                           schema=AB_SCHEMA) as ab:  # fmt: skip
+        events.append([event_record("u1", "i1", timestamp=1.0)])
+        ab.append([impression_record(f"req{n}", "u1", "a", ["i1", "i2"], float(n)) for n in range(3)])
+    assert list(storage.list_files(ab_remote)) == ["seg-r0-00000000.parquet"]
+    read = read_ab_log(uri, str(tmp_path / "cache"))
+    assert read["request_id"].to_pylist() == ["req0", "req1", "req2"] and read["item_ids"][0].as_py() == ["i1", "i2"]
+    assert keys(read_log(localize_data(Config.model_validate(
+        {"data": {"path": uri, "cache_dir": str(tmp_path / "cache2")}})).data.path)) == [("r0", 0)]  # fmt: skip

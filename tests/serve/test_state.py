@@ -224,3 +224,31 @@ def test_an_evicted_user_is_reloaded_from_the_log_when_read_or_posting_again(tmp
         store._tail_task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_the_sweep_seals_dead_writers_segments_in_the_ab_log_too(tmp_path, monkeypatch) -> None:
+    """A replica that died leaves write-ahead files in the event log and in the A/B log beside it: the store's
+    sweep seals both (and the A/B log reads the same before and after)."""
+    import json
+
+    from raysys.data.ab_log import AB_DIR, AB_SCHEMA, impression_record
+    from raysys.data.event_log import event_record, read_log
+
+    monkeypatch.setattr(state, "SEAL_ORPHANS_S", 0.0)
+    ab = tmp_path / AB_DIR
+    ab.mkdir()
+    records = {tmp_path: event_record("u", "a", timestamp=1.0), ab: impression_record("r1", "u", "b", ["a", "c"], 2.0)}
+    for root, record in records.items():  # what a killed writer "dead" left: an open segment each
+        (root / "wal-dead-00000000.jsonl").write_text(json.dumps({**record, "writer": "dead", "seq": 0}) + "\n")
+    before = read_log(ab, AB_SCHEMA).to_pylist()
+
+    async def scenario() -> None:
+        store = LiveStore()
+        await store.open_log(str(tmp_path))
+        await store._sweep(store._tailer)
+        store._tail_task.cancel()
+
+    asyncio.run(scenario())
+    for root in records:
+        assert [p.name for p in root.glob("*-dead-*")] == ["seg-dead-00000000.parquet"]
+    assert read_log(ab, AB_SCHEMA).to_pylist() == before and before[0]["item_ids"] == ["a", "c"]
