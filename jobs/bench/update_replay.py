@@ -15,7 +15,9 @@ order, is replayed through POST /events in `--chunks` chunks, and after each chu
 
 Resumable: a step whose summary.json exists is skipped, and the replay continues after what the
 endpoint's event log already holds. Writes OUT/update_replay.json and prints the table: per chunk, the
-means over seeds, and the targets (update time <= 25 % of a full retrain's, quality >= 98 %).
+means over seeds, and the targets (update time <= 25 % of a full retrain's, quality >= 98 %). Runs skip
+the control student (`pipeline.kd_control=false`). `--merge jobs/bench/results/update_replay_ml100k.json`
+adds the seeds an earlier session measured (their rows are kept there) to the table.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=3)
     parser.add_argument("--train-share", type=float, default=0.9, help="share of the log's time the base trains on")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
+    parser.add_argument("--merge", metavar="JSON", help="an earlier update_replay.json: its other seeds join the table")
     args = parser.parse_args(argv)
     if args.chunks < 1 or not 0 < args.train_share < 1:
         parser.error("--chunks must be >= 1 and --train-share within (0, 1)")
@@ -58,8 +61,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     os.environ["RAY_ADDRESS"] = "local"  # every command starts its own cluster
     cutoff, replay = split_log(args)
-    result: dict[str, Any] = {"settings": vars(args), "cutoff": cutoff, "replayed": len(replay), "runs": []}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    earlier = json.loads(Path(args.merge).read_text())["runs"] if args.merge else []
+    runs = [r for r in earlier if r["seed"] not in seeds]  # a later session's seeds join an earlier one's
+    result: dict[str, Any] = {"settings": vars(args), "cutoff": cutoff, "replayed": len(replay), "runs": runs}
+    for seed in seeds:
         result["runs"] += run_seed(args, out, seed, cutoff, replay)
         (out / "update_replay.json").write_text(json.dumps(result, indent=2))
     result["table"] = table(result["runs"], args.chunks)
@@ -85,7 +91,8 @@ def split_log(args: argparse.Namespace) -> tuple[int, list[dict[str, Any]]]:
 def run_seed(args, out: Path, seed: int, cutoff: int, replay: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The base run, the endpoint, then per chunk: replay, update, full retrain."""
     seeds = [f"{section}.seed={seed}" for section in ("pretrain", "finetune", "distill")]
-    overrides = [*args.set, *seeds]
+    # No control student (student_no_kd): not part of a retrain's teacher and student stages, an hour less
+    overrides = ["pipeline.kd_control=false", *args.set, *seeds]
     base = out / f"base-s{seed}"
     command("pipeline", args.config, [*overrides, f"data.time_cutoff={cutoff}"], base)
     serve_dir = out / f"serve-s{seed}"
