@@ -519,7 +519,7 @@ def read_log(root: str | Path, schema: pa.Schema = RECORD_SCHEMA) -> pa.Table:
         if kind == "seg":
             tables.append(pq.read_table(path, schema=schema))
         elif (_writer_of(path), segment) not in sealed:
-            tables.append(records_table(read_wal(path), schema))
+            tables.append(_read_open(path, schema))
     if not tables:
         return schema.empty_table()
     table = pa.concat_tables(tables).sort_by([("writer", "ascending"), ("seq", "ascending")])
@@ -538,13 +538,17 @@ def read_events_file(path: str | Path) -> pa.Table:
     """The interactions (user_id, item_id, timestamp, event) of one log file from `readable_files`. A
     write-ahead file sealed since it was listed is read from its sealed segment instead."""
     path = Path(path)
-    if path.name.startswith("wal-") and not path.exists():
-        path = _segment_of(path)
-    if path.suffix == ".parquet":
-        table = pq.read_table(path, schema=RECORD_SCHEMA)
-    else:
-        table = records_table(read_wal(path))
+    table = pq.read_table(path, schema=RECORD_SCHEMA) if path.suffix == ".parquet" else _read_open(path, RECORD_SCHEMA)
     return interactions(table)
+
+
+def _read_open(wal: Path, schema: pa.Schema) -> pa.Table:
+    """An open segment's complete records; its sealed segment's when the writer sealed it since it was
+    listed (a live log: the segment file exists before the write-ahead file is removed)."""
+    try:
+        return records_table(read_wal(wal), schema)
+    except FileNotFoundError:
+        return pq.read_table(_segment_of(wal), schema=schema)
 
 
 def interactions(table: pa.Table) -> pa.Table:

@@ -177,6 +177,26 @@ def test_orphaned_segments_are_sealed_and_live_writers_left_alone(tmp_path: Path
     assert sorted(read_log(tmp_path)["item_id"].to_pylist()) == ["a", "b"]
 
 
+def test_a_reader_racing_a_seal_reads_the_sealed_segment(tmp_path: Path, monkeypatch) -> None:
+    """A live log: the writer seals its open segment between a reader's listing and its read (found by
+    `raysys update` reading a served log): the reader takes the records from the sealed segment."""
+    from raysys.data import event_log
+
+    log = EventLogWriter(tmp_path, "w")
+    log.append([event_record("u", "a"), event_record("u", "b")])
+    wal = tmp_path / "wal-w-00000000.jsonl"
+    listing = event_log._log_files
+
+    def list_then_seal(root: Path, writer: str | None = None) -> list:
+        listed = listing(root, writer)
+        log.close()  # sealed: segment written, write-ahead file removed
+        return listed
+
+    monkeypatch.setattr(event_log, "_log_files", list_then_seal)
+    assert read_log(tmp_path)["item_id"].to_pylist() == ["a", "b"]
+    assert not wal.exists() and event_log.read_events_file(wal)["item_id"].to_pylist() == ["a", "b"]
+
+
 def test_ray_data_reads_the_log_as_interactions_without_negative_events(ray_session, tmp_path) -> None:
     from raysys.config import DataConfig
     from raysys.data.event_log import read_events_file, readable_files
