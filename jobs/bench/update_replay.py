@@ -107,6 +107,8 @@ def run_seed(args, out: Path, seed: int, cutoff: int, replay: list[dict[str, Any
                                                      f"update.event_log={log}"], update_dir)  # fmt: skip
             full_dir = out / f"full{chunk}-s{seed}"
             data = [f"data.path={update_dir / 'source'}", "data.format=parquet", "data.event_col=event"]
+            if (update_dir / "item_texts.parquet").is_file():  # the base's item texts, as the update read them
+                data += [f"data.item_path={update_dir / 'item_texts.parquet'}", "data.item_text_fields=[text]"]
             full = command("pipeline", args.config, [*overrides, *data], full_dir)
             rows.append(chunk_row(seed, chunk, update_dir, update, full_dir, full))
             if update["promoted"]:
