@@ -207,6 +207,9 @@ class DistillConfig(TrainingConfig):
     temperature: float = Field(2.0, gt=0)
     kd_topk: int | None = None  # None = KL over the whole catalog, else over the teacher's top-K
     lambda_hidden: float = Field(0.0, ge=0)  # hidden-state alignment (projection + MSE)
+    # "teacher": the student's item-ID embeddings start from the teacher's item vectors, reduced to the
+    # student's width by PCA and scaled to its init_std (`raysys.objectives.distillation.teacher_item_init`).
+    init_items: Literal["random", "teacher"] = "random"
 
 
 class EvalConfig(Section):

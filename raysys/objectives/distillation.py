@@ -1,5 +1,6 @@
 """Knowledge distillation from a frozen teacher: softened-softmax KL over the catalog (or over the
-teacher's top-K items) and an optional hidden-state alignment."""
+teacher's top-K items), an optional hidden-state alignment, and the teacher's item vectors as the
+student's starting item embeddings."""
 
 from __future__ import annotations
 
@@ -43,3 +44,21 @@ class HiddenAlignment(nn.Module):
         """MSE between projected student and (detached) teacher states, [N, Hs] x [N, Ht] -> scalar."""
         projected = self.projection(student_hidden).float()
         return F.mse_loss(projected, teacher_hidden.detach().float())
+
+
+def teacher_item_init(teacher_items: torch.Tensor, hidden_size: int, std: float) -> torch.Tensor:
+    """The teacher's item vectors as a student's item table, [V, Ht] -> [V, hidden_size].
+
+    The centred vectors are projected on their `hidden_size` principal directions (the widest the
+    teacher's geometry allows; zero columns pad a student wider than the teacher) and scaled to an
+    element std of `std`, so the student starts with the teacher's item neighbourhoods at the scale
+    its own initialisation would have had.
+    """
+    items = teacher_items.detach().float()
+    centred = items - items.mean(dim=0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)  # v: [min(V, Ht), Ht], rows = directions
+    k = min(hidden_size, v.shape[0])
+    reduced = centred @ v[:k].T  # [V, k]
+    out = torch.zeros(items.shape[0], hidden_size)
+    out[:, :k] = reduced * (std / reduced.std().clamp_min(1e-12))
+    return out

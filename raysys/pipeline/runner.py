@@ -62,7 +62,8 @@ def stage_hashes(cfg: Config) -> dict[str, str]:
     tune = combine(teacher, config_hash(cfg.student), distill, config_hash(cfg.tune), config_hash(cfg.eval))
     tuned = tune if cfg.pipeline.run_tune else "no-tune"
     student = combine(teacher, config_hash(cfg.student), distill, tuned)
-    alone = config_hash(cfg.distill, exclude={"teacher", "lambda_kd", "lambda_hidden", "temperature", "kd_topk"})
+    teacher_keys = {"teacher", "lambda_kd", "lambda_hidden", "temperature", "kd_topk", "init_items"}
+    alone = config_hash(cfg.distill, exclude=teacher_keys)
     student_no_kd = combine(data, config_hash(cfg.student), alone, tuned)  # kd_control: no teacher, no KD terms
     control = student_no_kd if cfg.pipeline.kd_control else "no-control"
     evaluate = combine(teacher, student, config_hash(cfg.eval), control)

@@ -258,12 +258,14 @@ def student(cfg: Config, runner: StageRunner) -> dict[str, Any]:
 
 
 def student_no_kd(cfg: Config, runner: StageRunner) -> dict[str, Any]:
-    """The same student at the same budget without its teacher (lambda_kd = lambda_hidden = 0): what
-    distillation bought, beside the student (`pipeline.kd_control`)."""
+    """The same student at the same budget without its teacher (lambda_kd = lambda_hidden = 0, random
+    item embeddings): what distillation bought, beside the student (`pipeline.kd_control`)."""
     from raysys.recipes import distill as recipe
 
     settings = student_settings(cfg, runner)
-    alone = settings.distill.model_copy(update={"teacher": None, "lambda_kd": 0.0, "lambda_hidden": 0.0})
+    alone = settings.distill.model_copy(
+        update={"teacher": None, "lambda_kd": 0.0, "lambda_hidden": 0.0, "init_items": "random"}
+    )
     control_cfg = settings.model_copy(update={"distill": alone})
     return runner.stage(
         CONTROL,

@@ -1,4 +1,5 @@
-"""Distillation: KL at temperature (full catalog and teacher top-K) and hidden-state alignment."""
+"""Distillation: KL at temperature (full catalog and teacher top-K), hidden-state alignment and the
+teacher's item vectors as the student's start."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raysys.objectives.distillation import HiddenAlignment, kd_loss
+from raysys.objectives.distillation import HiddenAlignment, kd_loss, teacher_item_init
 
 
 def test_kl_is_zero_when_student_equals_teacher() -> None:
@@ -51,3 +52,32 @@ def test_hidden_alignment_is_mse_after_projection() -> None:
     assert loss.item() == pytest.approx(expected.item())
     loss.backward()
     assert align.projection.weight.grad.abs().sum() > 0
+
+
+def test_teacher_item_init_keeps_the_teachers_item_geometry_at_the_students_scale() -> None:
+    """Teacher vectors spanning 3 directions of 8: a 4-wide start keeps every pairwise distance up to
+    one scale factor (PCA loses nothing), its 4th column is empty, and its element std is the given one."""
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(8, 3)).Q.T  # [3, 8] orthonormal rows
+    teacher = torch.randn(50, 3) * torch.tensor([3.0, 2.0, 1.0]) @ basis + 5.0  # [50, 8], off-centre
+    start = teacher_item_init(teacher, hidden_size=4, std=0.02)  # [50, 4]
+    assert start.shape == (50, 4)
+    assert torch.allclose(start[:, 3], torch.zeros(50), atol=1e-6)
+    assert start.std().item() == pytest.approx(0.02, rel=1e-4)
+    ratio = (
+        torch.cdist(start, start)[~torch.eye(50, dtype=torch.bool)]
+        / torch.cdist(teacher, teacher)[~torch.eye(50, dtype=torch.bool)]
+    )
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-3)
+
+
+def test_teacher_item_init_keeps_the_widest_directions_when_narrowing() -> None:
+    """Narrower than the teacher's rank: the start is the projection on the largest-variance directions."""
+    torch.manual_seed(1)
+    teacher = torch.randn(200, 6) * torch.tensor([10.0, 5.0, 0.1, 0.1, 0.1, 0.1])  # two wide axes
+    start = teacher_item_init(teacher, hidden_size=2, std=1.0)
+    centred = teacher[:, :2] - teacher[:, :2].mean(0)
+    # the same 2-d geometry up to scale and a rotation / reflection: the Gram matrices agree
+    gram_start, gram_teacher = start @ start.T, centred @ centred.T
+    scale = gram_start.norm() / gram_teacher.norm()
+    assert torch.allclose(gram_start, scale * gram_teacher, atol=0.02 * gram_start.abs().max().item())

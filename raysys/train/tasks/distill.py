@@ -14,11 +14,11 @@ from torch import nn
 
 from raysys.config import DistillConfig
 from raysys.data.batches import TrainingRows, next_item_batch
-from raysys.data.dataset import PreparedDataset
+from raysys.data.dataset import PAD_INDEX, PreparedDataset
 from raysys.errors import RaysysError
 from raysys.models.common import SequenceModel
 from raysys.models.student import build_student
-from raysys.objectives.distillation import HiddenAlignment
+from raysys.objectives.distillation import HiddenAlignment, teacher_item_init
 from raysys.objectives.joint import distill_loss
 from raysys.train.engines import TrainedModules
 from raysys.train.tasks.base import Batch, Task
@@ -43,11 +43,11 @@ class DistillTask(Task):
 
         cfg = self.train_cfg
         if cfg.teacher is None:
-            if cfg.lambda_kd > 0 or cfg.lambda_hidden > 0:
+            if cfg.lambda_kd > 0 or cfg.lambda_hidden > 0 or cfg.init_items == "teacher":
                 raise RaysysError(
                     "distillation needs a teacher",
                     where=f"{self.section}.teacher",
-                    hint=f"{self.section}.teacher=RUN/model, or {self.section}.lambda_kd=0",
+                    hint=f"{self.section}.teacher=RUN/model, or {self.section}.lambda_kd=0 (and init_items=random)",
                 )
             return
         teacher = read_model_config(Path(cfg.teacher))
@@ -62,15 +62,24 @@ class DistillTask(Task):
         return build_student(self.cfg.student, num_items, self.cfg.data.max_len, text_emb=text_emb)
 
     def attach(self, model: nn.Module, device: torch.device | str) -> HiddenAlignment | None:
-        """Load the frozen teacher; the hidden alignment when λ_hidden > 0 (needs a teacher)."""
+        """Load the frozen teacher; start the student's items from the teacher's (`init_items=teacher`);
+        the hidden alignment when λ_hidden > 0. Each needs a teacher."""
         cfg = self.train_cfg
-        if not cfg.teacher or (cfg.lambda_kd <= 0 and cfg.lambda_hidden <= 0):
-            if cfg.lambda_kd > 0 or cfg.lambda_hidden > 0:
-                raise RaysysError("lambda_kd / lambda_hidden > 0 needs a teacher", where=f"{self.section}.teacher")
+        uses_teacher = cfg.lambda_kd > 0 or cfg.lambda_hidden > 0 or cfg.init_items == "teacher"
+        if not cfg.teacher or not uses_teacher:
+            if uses_teacher:
+                where = f"{self.section}.teacher"
+                raise RaysysError("lambda_kd / lambda_hidden > 0 and init_items=teacher need a teacher", where=where)
             return None
         from raysys.models.export import load_model_dir
 
         self.teacher = load_model_dir(cfg.teacher, device=str(device)).model.eval().requires_grad_(False)
+        if cfg.init_items == "teacher" and not cfg.init_from:  # init_from (an update) brings its own items
+            with torch.no_grad():
+                table = model.items.id_embedding.weight  # [V, Hs]
+                start = teacher_item_init(self.teacher.item_embeddings(), table.shape[1], self.cfg.student.init_std)
+                table.copy_(start.to(table.device))
+                table[PAD_INDEX].zero_()
         if cfg.lambda_hidden > 0:
             return HiddenAlignment(model.hidden_size, self.teacher.hidden_size)
         return None
