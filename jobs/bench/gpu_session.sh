@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU lease as one prepared script: the MFU benchmark and the teacher ladder's large end on ml-100k.
+# One GPU lease as one prepared script: the MFU benchmark, the teacher ladder's large end on ml-100k and
+# (INGREDIENTS_S) the distillation ingredients from a large teacher.
 # The GPU machine has torch and transformers but no Ray, no DeepSpeed, no pydantic and no item-text
 # encoder, so this machine packs what the runs need first:
 #
@@ -77,3 +78,12 @@ done
 echo "== teacher ladder (stopped after LADDER_S=${LADDER_S:=420} s; finished runs are in ladder.jsonl)"
 timeout "$LADDER_S" "${ladder[@]}" --sizes 1024x8,512x8,512x4,256x4,128x2 --parallel "${PARALLEL:-8}" \
     --best-seeds 1,2 --out "$out" || echo "ladder stopped: $?"
+
+# The distillation ingredients (jobs/bench/distill_ingredients.py) from a ladder teacher, when
+# INGREDIENTS_S > 0 (seconds): resumable, its rows in $out/ingredients/ingredients.jsonl.
+if [ "${INGREDIENTS_S:-0}" -gt 0 ]; then
+    echo "== distillation ingredients from ${TEACHER_SIZE:=512x4} ${TEACHER_SETTING:=low_lr} (stopped after $INGREDIENTS_S s)"
+    timeout "$INGREDIENTS_S" python3 jobs/bench/distill_ingredients.py --config jobs/configs/ml100k.yaml \
+        --dataset "$dir/ml100k" --device cuda --teacher-size "$TEACHER_SIZE" --teacher-setting "$TEACHER_SETTING" \
+        --out "$out/ingredients" || echo "ingredients stopped: $?"
+fi
