@@ -142,26 +142,25 @@ def chunk_row(seed: int, chunk: int, update_dir: Path, update: dict, full_dir: P
 
 
 def table(runs: list[dict[str, Any]], chunks: int) -> list[dict[str, Any]]:
-    """Per chunk: the means over seeds and the two ratios the issue sets targets on."""
-    out = []
-    for chunk in range(1, chunks + 1):
-        rows = [r for r in runs if r["chunk"] == chunk]
-        if not rows:
-            continue
-        mean = {k: statistics.mean(r[k] for r in rows) for k in ("update_ndcg@10", "serving_ndcg@10", "full_ndcg@10",
-                                                                  "update_seconds", "full_seconds")}  # fmt: skip
-        out.append(
-            {
-                "chunk": chunk,
-                "seeds": len(rows),
-                **{k: round(v, 4) for k, v in mean.items()},
-                "quality_share": round(mean["update_ndcg@10"] / mean["full_ndcg@10"], 3)
-                if mean["full_ndcg@10"]
-                else None,
-                "time_share": round(mean["update_seconds"] / mean["full_seconds"], 3) if mean["full_seconds"] else None,
-            }
-        )
+    """Per chunk, then over all chunks ("all"): the means over the runs and the two ratios of means the
+    issue sets targets on (quality: update / full retrain NDCG@10; time: update / full retrain seconds)."""
+    groups = [(chunk, [r for r in runs if r["chunk"] == chunk]) for chunk in range(1, chunks + 1)]
+    out = [_means(chunk, rows) for chunk, rows in groups if rows]
+    if len(out) > 1:
+        out.append(_means("all", runs))
     return out
+
+
+def _means(chunk: int | str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("update_ndcg@10", "serving_ndcg@10", "full_ndcg@10", "update_seconds", "full_seconds")
+    mean = {k: statistics.mean(r[k] for r in rows) for k in keys}
+    return {
+        "chunk": chunk,
+        "seeds": len({r["seed"] for r in rows}),
+        **{k: round(v, 4) for k, v in mean.items()},
+        "quality_share": _share(mean["update_ndcg@10"], mean["full_ndcg@10"]),
+        "time_share": _share(mean["update_seconds"], mean["full_seconds"]),
+    }
 
 
 def _share(part: float, whole: float) -> float | None:
