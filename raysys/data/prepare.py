@@ -150,7 +150,9 @@ def prepare_dataset(
             f"{summary.num_input_rows:,} rows, {len(summary.user_vocab):,} users, "
             f"{len(summary.item_vocab):,} items; grouping by user"
         )
-        users = user_rows(rows, summary)
+        # An event log's records are distinct acknowledged events (each (writer, seq) once, read_log), so
+        # two in one second for the same user and item are a repeat (a double click), not a copied row
+        users = user_rows(rows, summary, drop_duplicates=source.format != "event_log")
         if cfg.min_user_interactions or cfg.min_item_interactions:
             users = users.materialize()
             del rows  # the normalized rows are no longer needed: free them from the object store
@@ -251,14 +253,16 @@ def raise_for_duplicates(shards: pa.Table, source: LogSource) -> None:
         raise duplicate_error((rows_a, row_a), (rows_b, row_b), values)
 
 
-def user_rows(rows: Dataset, summary: LogSummary) -> Dataset:
-    """Steps 3, S and 4: encode, group by user bucket, one row of chronological lists per user (lazy)."""
+def user_rows(rows: Dataset, summary: LogSummary, drop_duplicates: bool = True) -> Dataset:
+    """Steps 3, S and 4: encode, group by user bucket, one row of chronological lists per user (lazy);
+    drop_duplicates: see build_user_rows."""
     # A few buckets per block of rows: the sort shuffle makes one partition per input block and cuts
     # them at sampled bucket values, so finer buckets keep the partitions even.
     buckets = max(1, min(len(summary.user_vocab), BUCKETS_PER_BLOCK * rows.num_blocks()))
     fn_kwargs = {"user_vocab": summary.user_vocab, "item_vocab": summary.item_vocab, "num_buckets": buckets}
     encoded = rows.map_batches(encode_block, batch_size=None, batch_format="pyarrow", fn_kwargs=fn_kwargs)
-    return encoded.groupby("bucket").map_groups(build_user_rows, batch_format="pyarrow")
+    build = {"drop_duplicates": drop_duplicates}
+    return encoded.groupby("bucket").map_groups(build_user_rows, batch_format="pyarrow", fn_kwargs=build)
 
 
 def check_split(cfg: DataConfig) -> None:

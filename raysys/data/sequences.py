@@ -118,7 +118,7 @@ def _positions(column: pa.ChunkedArray, vocab: pa.Array) -> pa.Array:
     return pc.take(pc.cast(lookup, pa.int32()), column.indices)
 
 
-def build_user_rows(block: pa.Table) -> pa.Table:
+def build_user_rows(block: pa.Table, drop_duplicates: bool = True) -> pa.Table:
     """Encoded interactions holding every row of each of their users (one bucket) -> one row per user:
 
         user_index int32 (vocab position), items list<int32> (vocab positions), timestamps list<int64>,
@@ -127,7 +127,8 @@ def build_user_rows(block: pa.Table) -> pa.Table:
                                                      block's earliest duplicate, for the error message)
 
     Lists are chronological; the sort is on (user, timestamp, ordinal), so file order breaks ties.
-    A row with the same user, item and timestamp as an earlier row is a duplicate: dropped and counted.
+    A row with the same user, item and timestamp as an earlier row is a duplicate: dropped and counted
+    (with drop_duplicates; without it, the event log's case, such rows are repeats and kept).
     """
     table = block.combine_chunks()
     table = table.take(
@@ -138,6 +139,8 @@ def build_user_rows(block: pa.Table) -> pa.Table:
     user = table["user_index"].to_numpy()
     starts = _run_starts(user)
     repeats = _duplicates(user, table["timestamp"].to_numpy(), table["item_index"].to_numpy())
+    if not drop_duplicates:
+        repeats[:] = -1
     dup = repeats >= 0
     num_dups = np.zeros(len(starts), dtype=np.int32)
     first_dup, dup_of = np.full(len(starts), -1, np.int64), np.full(len(starts), -1, np.int64)

@@ -205,15 +205,18 @@ def test_ray_data_reads_the_log_as_interactions_without_negative_events(ray_sess
     log = tmp_path / "log"
     kinds = ["click", "purchase", "skip"]
     records = [event_record(f"u{n % 7}", f"i{n % 11}", kinds[n % 3], timestamp=1000.0 + n) for n in range(90)]
+    # u0 clicks i0 twice within one second, through two replicas: a repeat, kept (not a duplicate row)
+    twice = [event_record("u0", "i0", "click", timestamp=2000.25), event_record("u0", "i0", "click", timestamp=2000.75)]
     with EventLogWriter(log, "a", seal_records=20) as sealed:  # sealed segments
-        sealed.append(records[:40])
+        sealed.append([*records[:40], twice[0]])
     open_writer = EventLogWriter(log, "b")  # an open segment: its write-ahead file is read
-    open_writer.append(records[40:])
+    open_writer.append([*records[40:], twice[1]])
+    records += twice
     files = readable_files(log)
     assert any(f.name.startswith("wal-b-") for f in files) and all(
         f.name.startswith(("seg-a-", "wal-b-")) for f in files
     )
-    assert sum(read_events_file(f).num_rows for f in files) == 90
+    assert sum(read_events_file(f).num_rows for f in files) == 92
 
     ds = load_or_prepare(DataConfig(path=str(log), cache_dir=str(tmp_path / "cache")), progress=False)
     expected: dict[str, list[str]] = {}
@@ -224,7 +227,8 @@ def test_ray_data_reads_the_log_as_interactions_without_negative_events(ray_sess
     items = {i["item_index"]: i["item_id"] for i in ds.item_vocab().to_pylist()}
     assert {s["user_id"]: [items[i] for i in s["items"]] for s in sequences} == expected
     assert {e for s in sequences for e in s["events"]} == {"click", "purchase"}
+    assert ds.manifest["num_dropped"]["duplicate"] == 0
 
     wal = next(f for f in files if f.name.startswith("wal-b-"))
     open_writer.close()  # seals the open segment: its write-ahead file is gone
-    assert not wal.exists() and read_events_file(wal).num_rows == 50  # read from the sealed segment instead
+    assert not wal.exists() and read_events_file(wal).num_rows == 51  # read from the sealed segment instead
