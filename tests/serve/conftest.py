@@ -86,10 +86,11 @@ class ServedApp:
             deploy(config)
             self.deployed = config
 
-    def wait_routed(self, replicas: int, timeout_s: float = 60) -> None:
-        """Until HAProxy routes to exactly `replicas` replicas that its health checks see UP (Serve
-        reports a replica running, or reconfigured, a moment before HAProxy has it back in its list;
-        meanwhile requests go to the fallback). Read from HAProxy's stats page as CSV."""
+    def wait_routed(self, replicas: int, timeout_s: float = 60, stable_s: float = 2.0) -> None:
+        """Until HAProxy routes to exactly `replicas` replicas that its health checks see UP, the same ones
+        for `stable_s` (Serve reports a replica running, or reconfigured, a moment before HAProxy has it
+        back in its list, and a replica being stopped can still count UP a moment after; meanwhile
+        requests go to the fallback). Read from HAProxy's stats page as CSV."""
         import csv
         import os
         import time
@@ -98,17 +99,20 @@ class ServedApp:
 
         url = f"http://127.0.0.1:{os.environ['RAY_SERVE_HAPROXY_STATS_PORT']}/stats;csv"
         deadline = time.monotonic() + timeout_s
+        seen, since = None, time.monotonic()
         while True:
             rows = list(csv.DictReader(httpx.get(url, timeout=5).text.lstrip("# ").splitlines()))
-            up = [
-                r
+            up = sorted(
+                r["svname"]
                 for r in rows
                 if r["pxname"] == f"http-{APP}"
                 and r["svname"] not in ("FRONTEND", "BACKEND")
                 and r["bck"] == "0"
                 and r["status"].startswith("UP")
-            ]
-            if len(up) == replicas:
+            )
+            if up != seen:
+                seen, since = up, time.monotonic()
+            if len(up) == replicas and time.monotonic() - since >= stable_s:
                 return
             assert time.monotonic() < deadline, f"HAProxy routes to {len(up)} replicas, not {replicas}: {rows}"
             time.sleep(0.2)

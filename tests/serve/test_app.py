@@ -393,6 +393,7 @@ def test_a_request_past_the_timeout_gets_408_and_the_next_succeeds(served) -> No
     wait_healthy(replicas=1)
     pid = replica_pid()
     served.wait_routed(replicas=1)  # else the request goes to the fallback, which answers 503 at 0.5 s
+    assert post(served, "/recommend", {"history": ["i1"], "k": 3}).status_code == 200  # the replica answers
     os.kill(pid, signal.SIGSTOP)  # a stalled replica (GC pause, starved CPU): the proxy's clock runs on
     try:
         start = time.monotonic()
