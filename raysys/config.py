@@ -35,6 +35,9 @@ class SyntheticConfig(Section):
     cold_item_fraction: float = Field(0.05, ge=0.0, lt=1.0)  # items that appear only in valid/test
     cold_target_prob: float = Field(0.15, ge=0.0, le=1.0)  # chance a valid/test target is a cold item
     follow_prob: float = Field(0.6, ge=0.0, le=1.0)  # chance the next item is a planted successor
+    # Chance an interaction is noise: an item drawn by popularity from any topic, unrelated to the user's
+    # interests and last item (an impulse click, a shared account); the user goes on from it
+    noise_prob: float = Field(0.0, ge=0.0, le=1.0)
     popularity_exponent: float = Field(1.0, ge=0.0)  # Zipf exponent of item popularity within a topic
     min_sequence_length: int = Field(5, ge=3)  # shortest user sequence (the long tail starts here)
     seed: int = 0

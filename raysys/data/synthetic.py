@@ -13,6 +13,8 @@ What is planted, and which model can find it:
 - sessions and drift: gaps are minutes within a session and about a day between sessions; at a session
   break a user often switches to another of their interest topics, and now and then replaces an interest
   with a new topic, so interests drift over time;
+- noise (`noise_prob`, default none): a share of the interactions are items drawn by popularity from any
+  topic, which no model can predict, and the user goes on from there -- real logs are this noisy;
 - cold items: a slice of each topic's items (`cold_item_fraction`) appears only as one of a user's last
   two interactions (the leave-one-out valid/test targets), never in a training part. A cold target is
   drawn from the topic the user is in, so text can recommend it and item IDs cannot.
@@ -359,6 +361,11 @@ def _step(
     topic = np.where(switch, interests[np.arange(m), rng.integers(0, NUM_INTERESTS, size=m)], catalog.topic[last])
     choice = np.searchsorted(np.cumsum(SUCCESSOR_WEIGHTS), rng.random(m) * SUCCESSOR_WEIGHTS.sum(), side="right")
     nxt = np.where(follow, catalog.successors[last, choice], catalog.warm.sample(topic, rng.random(m)))
+    if cfg.noise_prob > 0:  # drawn only then: a log without noise is the same as before the option
+        noise = rng.random(m) < cfg.noise_prob
+        k = int(noise.sum())
+        nxt[noise] = catalog.warm.sample(catalog.sample_topics(rng, k), rng.random(k))
+        follow &= ~noise
 
     if catalog.cold is not None:
         # One of the last two interactions (the valid/test targets) may be a cold item of the user's topic.

@@ -119,6 +119,25 @@ def test_markov_beats_popularity_on_test_hr10(log: pd.DataFrame) -> None:
     assert hr_markov > 0.3
 
 
+def test_noise_leaves_the_topics_and_lowers_the_markov_hit_rate(tmp_path: Path) -> None:
+    """noise_prob=0.5: about half the steps leave the last item's topic by chance (a topic-popularity
+    draw), so consecutive items share a topic less often and the planted chains are harder to find."""
+    quiet = generate_logs(CFG, tmp_path / "quiet")
+    noisy = generate_logs(CFG.model_copy(update={"noise_prob": 0.5}), tmp_path / "noisy")
+    catalog = build_catalog(CFG)
+    topic_of = dict(zip(catalog.item_ids.to_pylist(), catalog.topic.tolist(), strict=True))
+
+    def same_topic_share(path: Path) -> float:
+        frame = pq.read_table(path).to_pandas().sort_values(["user_id", "timestamp"], kind="stable")
+        topic, user = frame["item_id"].map(topic_of).to_numpy(), frame["user_id"].to_numpy()
+        pair = user[1:] == user[:-1]
+        return float((topic[1:] == topic[:-1])[pair].mean())
+
+    quiet_share, noisy_share = same_topic_share(quiet.interactions), same_topic_share(noisy.interactions)
+    assert quiet_share > 0.9 and noisy_share < quiet_share - 0.35, (quiet_share, noisy_share)
+    assert pq.read_table(noisy.interactions).num_rows == CFG.num_interactions
+
+
 def _hit_rate_at_10(scores: np.ndarray, targets: np.ndarray) -> float:
     top = np.argpartition(-scores, 10, axis=1)[:, :10]
     return float((top == targets[:, None]).any(axis=1).mean())
