@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/raysys pipeline --config jobs/configs/quickstart.yaml --out runs/quickstart
 
 test: install browser wrk
-	$(PY) -m pytest tests --durations=15
+	$(PY) -m pytest tests --durations=40
 
 # Debian's chromium and its driver, for the report's browser test (tests/report/test_report_browser.py).
 browser:
