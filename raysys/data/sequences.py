@@ -138,9 +138,10 @@ def build_user_rows(block: pa.Table, drop_duplicates: bool = True) -> pa.Table:
     )
     user = table["user_index"].to_numpy()
     starts = _run_starts(user)
-    repeats = _duplicates(user, table["timestamp"].to_numpy(), table["item_index"].to_numpy())
-    if not drop_duplicates:
-        repeats[:] = -1
+    if drop_duplicates:
+        repeats = _duplicates(user, table["timestamp"].to_numpy(), table["item_index"].to_numpy())
+    else:
+        repeats = np.full(len(user), -1, dtype=np.int64)
     dup = repeats >= 0
     num_dups = np.zeros(len(starts), dtype=np.int32)
     first_dup, dup_of = np.full(len(starts), -1, np.int64), np.full(len(starts), -1, np.int64)
