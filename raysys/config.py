@@ -202,6 +202,10 @@ class DistillConfig(TrainingConfig):
     """Student training: L = L_rec + lambda_ssl * L_ssl + lambda_kd * L_kd from a frozen teacher."""
 
     teacher: str | None = None  # the teacher's model directory
+    # More teachers' model directories (same dataset): KD then learns from the ensemble of `teacher` and
+    # these, the normalised geometric mean of their next-item distributions; the hidden alignment and
+    # init_items=teacher read `teacher` alone.
+    extra_teachers: list[str] = Field(default_factory=list)
     # A student model directory to continue from (`raysys update`); its items must be the first of this
     # dataset's (data.vocab_from), the new ones start fresh.
     init_from: str | None = None
@@ -430,6 +434,7 @@ PATH_KEYS = (
     "data.path",
     "data.item_path",
     "distill.teacher",
+    "distill.extra_teachers",
     "pretrain.init_from",
     "finetune.init_from",
     "distill.init_from",
@@ -524,6 +529,11 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         value = get_dotted(raw, key)
         if isinstance(value, str) and value and not _is_absolute(value):
             _set_dotted(raw, key, str((base / value).resolve()))
+        elif isinstance(value, list):  # a list of paths (distill.extra_teachers)
+            resolved = [
+                str((base / v).resolve()) if isinstance(v, str) and v and not _is_absolute(v) else v for v in value
+            ]
+            _set_dotted(raw, key, resolved)
 
 
 def _is_absolute(value: str) -> bool:

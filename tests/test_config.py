@@ -75,6 +75,12 @@ def test_override_paths_resolve_against_the_current_directory(tmp_path: Path, mo
     assert load_config(None, ["data.path=logs/x.csv"]).data.path == str(tmp_path / "logs" / "x.csv")
 
 
+def test_a_list_of_paths_resolves_like_a_path(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["distill.extra_teachers=[runs/a/model, /abs/b/model]"])
+    assert cfg.distill.extra_teachers == [str(tmp_path / "runs" / "a" / "model"), "/abs/b/model"]
+
+
 def test_resolved_config_is_saved_and_reloads(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "jobs" / "configs" / "ml100k.yaml", ["data.min_item_interactions=2"])
     run_dir = start_run(tmp_path / "run", cfg)

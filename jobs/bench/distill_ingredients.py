@@ -39,6 +39,7 @@ from raysys.train.local import global_batch, train_local  # noqa: E402
 from raysys.train.tasks import PretrainTask  # noqa: E402
 
 BASELINE = "student alone"
+OTHER_SEEDS = "the other seeds' teachers"  # an ingredient's extra_teachers: filled in per seed
 # name -> changes to the distill section (beside teacher and seed); the rest is the config's own
 INGREDIENTS: dict[str, dict[str, Any]] = {
     BASELINE: {"lambda_kd": 0.0, "lambda_hidden": 0.0, "init_items": "random"},
@@ -47,6 +48,13 @@ INGREDIENTS: dict[str, dict[str, Any]] = {
     "+ hidden alignment": {"lambda_kd": 0.0, "lambda_hidden": 1.0, "init_items": "random"},
     "+ teacher item init": {"lambda_kd": 0.0, "lambda_hidden": 0.0, "init_items": "teacher"},
     "+ KD + teacher item init": {"lambda_hidden": 0.0, "init_items": "teacher", "kd_topk": None},
+    # KD from the ensemble of every seed's teacher (this seed's first): distill.extra_teachers
+    "+ KD from the seeds' teacher ensemble": {
+        "lambda_hidden": 0.0,
+        "init_items": "random",
+        "kd_topk": None,
+        "extra_teachers": OTHER_SEEDS,
+    },
 }
 
 
@@ -119,8 +127,14 @@ def train_teacher(cfg: Config, dataset: PreparedDataset, out: Path, device: str)
     return model_dir, row
 
 
-def student_config(cfg: Config, name: str, teacher_dir: str, seed: int) -> Config:
-    changes = {**INGREDIENTS[name], "teacher": teacher_dir, "seed": seed}
+def student_config(cfg: Config, name: str, teacher_dirs: dict[int, str], seed: int) -> Config:
+    """The distill section of ingredient `name` at `seed`, from that seed's teacher (and, for an ensemble,
+    every other seed's)."""
+    changes = {**INGREDIENTS[name], "teacher": teacher_dirs[seed], "seed": seed}
+    if changes.get("extra_teachers") == OTHER_SEEDS:
+        changes["extra_teachers"] = [path for other, path in teacher_dirs.items() if other != seed]
+        if not changes["extra_teachers"]:
+            raise SystemExit(f"error: {name!r} needs more than one seed (--seeds)")
     if "lambda_kd" not in changes and cfg.distill.lambda_kd <= 0:
         raise SystemExit(f"error: {name!r} needs distill.lambda_kd > 0 in the config")
     return cfg.model_copy(update={"distill": cfg.distill.model_copy(update=changes)})
@@ -187,18 +201,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     dataset = PreparedDataset.open(open_dataset(args, cfg))
     log = out / "ingredients.jsonl"
     rows = finished(log)
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    teacher_dirs = {}
+    for seed in seeds:  # every teacher first: an ensemble ingredient needs them all
         teacher_cfg = teacher_config(cfg, args, seed)
-        teacher_dir, teacher = train_teacher(teacher_cfg, dataset, out / "teachers" / f"seed-{seed}", args.device)
+        teacher_dirs[seed], teacher = train_teacher(
+            teacher_cfg, dataset, out / "teachers" / f"seed-{seed}", args.device
+        )
         if not any(r["model"] == "teacher" and r["seed"] == seed for r in rows):
             rows.append({"model": "teacher", "seed": seed, **teacher})
             with log.open("a") as f:
                 f.write(json.dumps(rows[-1]) + "\n")
+    for seed in seeds:
+        teacher_cfg = teacher_config(cfg, args, seed)
         for name in args.ingredients.split(","):
             if any(r["model"] == name and r["seed"] == seed for r in rows):
                 continue
             outcome, seconds = train(
-                student_config(teacher_cfg, name, teacher_dir, seed), "distill", dataset, args.device
+                student_config(teacher_cfg, name, teacher_dirs, seed), "distill", dataset, args.device
             )
             rows.append({"model": name, "seed": seed, **figures(outcome, seconds)})
             with log.open("a") as f:

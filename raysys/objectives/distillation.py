@@ -1,6 +1,6 @@
-"""Knowledge distillation from a frozen teacher: softened-softmax KL over the catalog (or over the
-teacher's top-K items), an optional hidden-state alignment, and the teacher's item vectors as the
-student's starting item embeddings."""
+"""Knowledge distillation from a frozen teacher (or an ensemble of them): softened-softmax KL over the
+catalog (or over the teacher's top-K items), an optional hidden-state alignment, and the teacher's item
+vectors as the student's starting item embeddings."""
 
 from __future__ import annotations
 
@@ -31,6 +31,34 @@ def kd_loss(
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
     return kl * temperature**2
+
+
+class TeacherEnsemble(nn.Module):
+    """Frozen teachers distilled as one (`distill.teacher` + `distill.extra_teachers`).
+
+    KD's target is the normalised geometric mean of the members' next-item distributions: the mean of
+    their log-softmaxes, [N, V] (a softmax renormalises it, so masking items afterwards stays exact).
+    The hidden states, hidden size and item vectors (the alignment, init_items=teacher) are the first
+    member's. Every member must read the sequence the same way (all causal or all bidirectional).
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if len({m.is_causal for m in members}) > 1:
+            raise ValueError("the ensemble's teachers must all be causal or all bidirectional")
+        self.members = nn.ModuleList(members)
+        self.is_causal: bool = members[0].is_causal
+        self.hidden_size: int = members[0].hidden_size
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.members[0].item_embeddings()
+
+
+def ensemble_logits(member_logits: list[torch.Tensor]) -> torch.Tensor:
+    """The mean of the members' log-softmaxes, [M x [N, V]] -> [N, V] (one member: its logits as they are)."""
+    if len(member_logits) == 1:
+        return member_logits[0]
+    return torch.stack([logits.float().log_softmax(dim=-1) for logits in member_logits]).mean(dim=0)
 
 
 class HiddenAlignment(nn.Module):

@@ -15,7 +15,7 @@ from raysys.config import DistillConfig, PretrainConfig
 from raysys.errors import RaysysError
 from raysys.models.common import SequenceModel, score_items, unseen_items, without_unseen
 from raysys.objectives.contrastive import contrastive_loss
-from raysys.objectives.distillation import HiddenAlignment, kd_loss
+from raysys.objectives.distillation import HiddenAlignment, TeacherEnsemble, ensemble_logits, kd_loss
 from raysys.objectives.masked_item import masked_item_loss
 from raysys.objectives.next_item import next_item_loss
 
@@ -64,27 +64,32 @@ def pretrain_loss(
 
 @torch.no_grad()
 def teacher_outputs(
-    teacher: SequenceModel, input_ids: torch.Tensor, labels: torch.Tensor
+    teacher: SequenceModel | TeacherEnsemble, input_ids: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen teacher's hidden states and catalog scores at the positions the student learns from.
 
     Causal teacher: every labelled position, [N, Ht] and [N, V]. A bidirectional teacher would see
     the future at inner positions, so only each window's last position (the BERT4Rec mask read-out):
-    [B, Ht] and [B, V]. Runs in eval mode without gradients.
+    [B, Ht] and [B, V]. Runs in eval mode without gradients. An ensemble: the first member's states,
+    the members' combined scores (`ensemble_logits`).
     """
     teacher.eval()
-    if teacher.is_causal:
-        states = teacher.encode(input_ids)[labels > 0]
-    else:
-        states = teacher.user_state(input_ids)
-    return states, score_items(states, teacher.item_embeddings())
+    members = list(teacher.members) if isinstance(teacher, TeacherEnsemble) else [teacher]
+    outputs = []
+    for member in members:
+        if member.is_causal:
+            states = member.encode(input_ids)[labels > 0]
+        else:
+            states = member.user_state(input_ids)
+        outputs.append((states, score_items(states, member.item_embeddings())))
+    return outputs[0][0], ensemble_logits([logits for _, logits in outputs])
 
 
 def distill_loss(
     student: SequenceModel,
     batch: dict[str, torch.Tensor],
     cfg: DistillConfig,
-    teacher: SequenceModel | None = None,
+    teacher: SequenceModel | TeacherEnsemble | None = None,
     alignment: HiddenAlignment | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:

@@ -46,7 +46,7 @@ def test_each_ingredient_changes_only_its_keys(study) -> None:
     cfg = Config.model_validate(
         {"distill": {"lambda_kd": 3.0, "temperature": 1.0, "kd_topk": 20, "lambda_hidden": 0.5}}
     )
-    alone = study.student_config(cfg, "student alone", "T", 4).distill
+    alone = study.student_config(cfg, "student alone", {4: "T"}, 4).distill
     assert (alone.lambda_kd, alone.lambda_hidden, alone.init_items, alone.teacher, alone.seed) == (
         0,
         0,
@@ -54,12 +54,21 @@ def test_each_ingredient_changes_only_its_keys(study) -> None:
         "T",
         4,
     )
-    full = study.student_config(cfg, "+ KD full catalog", "T", 4).distill
+    full = study.student_config(cfg, "+ KD full catalog", {4: "T"}, 4).distill
     assert (full.lambda_kd, full.temperature, full.kd_topk, full.lambda_hidden) == (3.0, 1.0, None, 0)
-    init = study.student_config(cfg, "+ teacher item init", "T", 4).distill
+    init = study.student_config(cfg, "+ teacher item init", {4: "T"}, 4).distill
     assert (init.lambda_kd, init.init_items) == (0, "teacher")
     with pytest.raises(SystemExit, match="lambda_kd > 0"):
-        study.student_config(Config.model_validate({"distill": {"lambda_kd": 0}}), "+ KD top-50", "T", 0)
+        study.student_config(Config.model_validate({"distill": {"lambda_kd": 0}}), "+ KD top-50", {0: "T"}, 0)
+    ensemble = study.student_config(cfg, "+ KD from the seeds' teacher ensemble", {0: "A", 4: "T", 7: "B"}, 4)
+    assert (ensemble.distill.teacher, ensemble.distill.extra_teachers, ensemble.distill.lambda_kd) == (
+        "T",
+        ["A", "B"],
+        3,
+    )
+    assert full.extra_teachers == []
+    with pytest.raises(SystemExit, match="more than one seed"):
+        study.student_config(cfg, "+ KD from the seeds' teacher ensemble", {4: "T"}, 4)
     with pytest.raises(SystemExit):
         study.parse_args(["--ingredients", "student alone,+ magic"])
 

@@ -1,5 +1,5 @@
-"""Distillation: KL at temperature (full catalog and teacher top-K), hidden-state alignment and the
-teacher's item vectors as the student's start."""
+"""Distillation: KL at temperature (full catalog and teacher top-K), hidden-state alignment, the
+teacher's item vectors as the student's start, and an ensemble of teachers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raysys.objectives.distillation import HiddenAlignment, kd_loss, teacher_item_init
+from raysys.objectives.distillation import HiddenAlignment, TeacherEnsemble, ensemble_logits, kd_loss, teacher_item_init
 
 
 def test_kl_is_zero_when_student_equals_teacher() -> None:
@@ -81,3 +81,25 @@ def test_teacher_item_init_keeps_the_widest_directions_when_narrowing() -> None:
     gram_start, gram_teacher = start @ start.T, centred @ centred.T
     scale = gram_start.norm() / gram_teacher.norm()
     assert torch.allclose(gram_start, scale * gram_teacher, atol=0.02 * gram_start.abs().max().item())
+
+
+def test_an_ensembles_target_is_the_normalised_geometric_mean_of_its_members() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 9), torch.randn(4, 9)
+    assert torch.equal(ensemble_logits([a]), a)  # one member: its own logits
+    target = F.softmax(ensemble_logits([a, b]), dim=-1)
+    geometric = (F.softmax(a, -1) * F.softmax(b, -1)).sqrt()
+    assert torch.allclose(target, geometric / geometric.sum(-1, keepdim=True), atol=1e-6)
+    # a member's logits shifted by a constant per row change nothing (log-softmax first)
+    assert torch.allclose(ensemble_logits([a + 5.0, b]), ensemble_logits([a, b]), atol=1e-5)
+
+
+def test_an_ensemble_mixes_no_causal_and_bidirectional_teachers() -> None:
+    class Member(torch.nn.Module):
+        def __init__(self, causal: bool) -> None:
+            super().__init__()
+            self.is_causal, self.hidden_size = causal, 8
+
+    assert TeacherEnsemble([Member(True), Member(True)]).is_causal
+    with pytest.raises(ValueError, match="all be causal or all bidirectional"):
+        TeacherEnsemble([Member(True), Member(False)])

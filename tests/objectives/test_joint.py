@@ -12,9 +12,10 @@ import torch
 from raysys.config import DistillConfig, PretrainConfig, StudentConfig, TeacherConfig
 from raysys.data.batches import pretrain_batch, training_windows
 from raysys.errors import RaysysError
+from raysys.models.common import score_items, unseen_items, without_unseen
 from raysys.models.student import build_student
 from raysys.models.teacher import build_teacher
-from raysys.objectives.distillation import HiddenAlignment
+from raysys.objectives.distillation import HiddenAlignment, TeacherEnsemble, ensemble_logits, kd_loss
 from raysys.objectives.joint import distill_loss, pretrain_loss
 from raysys.objectives.masked_item import masked_item_loss
 from raysys.objectives.next_item import next_item_loss
@@ -109,6 +110,29 @@ def test_kd_is_zero_when_the_teacher_is_the_student() -> None:
     out = distill_loss(model, batch, cfg, teacher=frozen)
     assert out["kd"].item() == pytest.approx(0.0, abs=1e-6)
     assert out["loss"].item() == pytest.approx(out["rec"].item(), abs=1e-6)
+
+
+def test_kd_from_an_ensemble_learns_the_members_combined_distribution() -> None:
+    """Two copies of one teacher teach what that teacher alone teaches; two different teachers teach
+    their combined distribution (`ensemble_logits`), the hidden states being the first member's."""
+    model, batch = student(), make_batch()
+    first, second = teacher().eval(), teacher().eval()
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cfg = DistillConfig(loss="full", lambda_ssl=0.0, lambda_kd=1.0, temperature=2.0)
+    alone = distill_loss(model, batch, cfg, teacher=first)["kd"]
+    twice = distill_loss(model, batch, cfg, teacher=TeacherEnsemble([first, copy.deepcopy(first)]))["kd"]
+    assert twice.item() == pytest.approx(alone.item(), rel=1e-5)
+    both = distill_loss(model, batch, cfg, teacher=TeacherEnsemble([first, second]))["kd"]
+    labels = batch["labels"]
+    with torch.no_grad():
+        scores = [
+            score_items(m.encode(batch["input_ids"])[labels > 0], m.item_embeddings()) for m in (model, first, second)
+        ]
+    unseen = unseen_items(model)
+    expected = kd_loss(without_unseen(scores[0], unseen), without_unseen(ensemble_logits(scores[1:]), unseen), 2.0)
+    assert both.item() == pytest.approx(expected.item(), rel=1e-4) and both.item() != pytest.approx(alone.item())
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "bert"])

@@ -223,6 +223,42 @@ def test_a_student_can_start_from_the_teachers_item_vectors(synthetic: PreparedD
         build_modules(task_for(no_teacher, "distill"), synthetic, None)
 
 
+def test_a_student_distils_from_an_ensemble_of_teachers(
+    synthetic: PreparedDataset, cycle_dataset: PreparedDataset, tmp_path: Path
+) -> None:
+    """distill.extra_teachers: the task loads `teacher` and each extra one as one TeacherEnsemble and a
+    step trains; a teacher of another catalog, or extra teachers without a first, are clear errors."""
+    from raysys.errors import RaysysError
+    from raysys.objectives.distillation import TeacherEnsemble
+    from raysys.train.tasks.base import build_modules
+
+    def exported(dataset: PreparedDataset, seed: int) -> str:  # an untrained teacher's model directory
+        cfg = Config(teacher=TeacherConfig(arch="gpt2", hidden_size=32, num_layers=1, num_heads=2), eval=EVAL)
+        cfg = cfg.model_copy(update={"pretrain": PretrainConfig(seed=seed)})
+        task = task_for(cfg, "pretrain")
+        model = build_modules(task, dataset, None).model
+        return task.export(model, tmp_path / f"t{seed}-{dataset.num_items}", dataset, {})["model_dir"]
+
+    first, second = exported(synthetic, 0), exported(synthetic, 1)
+    student_cfg = StudentConfig(hidden_size=16, num_layers=1, num_heads=2)
+
+    def distill_run(**distill) -> Config:
+        section = DistillConfig(epochs=1, batch_size=256, lambda_kd=1.0, lambda_ssl=0, **distill)
+        return Config(data=DataConfig(max_len=20), student=student_cfg, distill=section, eval=EVAL)
+
+    task = task_for(distill_run(teacher=first, extra_teachers=[second]), "distill")
+    task.check(synthetic)
+    build_modules(task, synthetic, None)
+    assert isinstance(task.teacher, TeacherEnsemble) and len(task.teacher.members) == 2
+    trained = train_local(distill_run(teacher=first, extra_teachers=[second]), "distill", synthetic)
+    assert trained.history[0]["kd"] > 0
+    foreign = exported(cycle_dataset, 2)
+    with pytest.raises(RaysysError, match=r"extra_teachers\[0\]"):
+        task_for(distill_run(teacher=first, extra_teachers=[foreign]), "distill").check(synthetic)
+    with pytest.raises(RaysysError, match="extra_teachers join a teacher"):
+        task_for(distill_run(extra_teachers=[second]), "distill").check(synthetic)
+
+
 # ------------------------------------------------------------------------------------------ cold items
 
 
