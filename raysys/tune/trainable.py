@@ -121,10 +121,14 @@ def direct_trial(
 
     def report(state: TrainState, best: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
         write_history(trial_dir, state.history)
+        # "done" on the last epoch's report (the epochs ran out or patience did): Tune stops the trial on
+        # it instead of asking the scheduler, which under PBT would pause it only to restart its process
+        # for a return (one process start per trial saved).
+        done = state.finished(run.task.train_cfg.epochs, run.task.train_cfg.patience)
         with ckpt.written(run.engine, state, best) as folder:
             (folder / TRIAL_FILE).write_text(json.dumps(asdict(identity), indent=2))
             tune.report(
-                {**scalars(record), "exploits": len(identity.lineage)},
+                {**scalars(record), "exploits": len(identity.lineage), "done": done},
                 checkpoint=tune.Checkpoint.from_directory(folder),
             )
 
