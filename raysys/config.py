@@ -209,7 +209,13 @@ class DistillConfig(TrainingConfig):
     # A student model directory to continue from (`raysys update`); its items must be the first of this
     # dataset's (data.vocab_from), the new ones start fresh.
     init_from: str | None = None
-    lambda_ssl: float = Field(0.1, ge=0)
+    # The student's optimiser defaults, chosen on validation of ml-100k and the synthetic default
+    # (jobs/configs/ml100k.yaml, quickstart.yaml: both chose lr 2e-3 or more and no contrastive term; the
+    # ablation: + SSL lowered the student on both; the noisy sparse preset's search pointed the same way),
+    # checked on the sparse preset by jobs/bench/sparse_defaults.py. Before: lr 1e-3, λ_ssl 0.1, no decay.
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    lambda_ssl: float = Field(0.0, ge=0)
     lambda_kd: float = Field(1.0, ge=0)
     temperature: float = Field(2.0, gt=0)
     kd_topk: int | None = None  # None = KL over the whole catalog, else over the teacher's top-K
