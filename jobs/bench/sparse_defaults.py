@@ -11,18 +11,21 @@
 
 Targets, all on validation (test figures are printed beside, never used to choose): the student beats
 item-kNN and the student without distillation, and reaches >= 95 % of the search's best. Each step whose
-summary.json exists is skipped (resumable); writes OUT/sparse_defaults.json and prints the table.
+summary.json exists is skipped (resumable); writes OUT/sparse_defaults.json (with the search's trials,
+best first) and prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from raysys.bench.commands import run_stage
+from raysys.tune.results import RESULTS_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 SHARE_OF_TUNED = 0.95
@@ -75,6 +78,28 @@ def figures(pipeline: dict[str, Any], tune: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def number_or_text(text: str) -> float | str:
+    """A searched value read back from CSV: a number where it is one (a `choice` may hold words)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def trials(tune_dir: Path, keys: list[str]) -> list[dict[str, Any]]:
+    """The search's trials (its results.csv, best first): valid NDCG@10, epochs run, the searched `keys`."""
+    with (tune_dir / RESULTS_FILE).open() as f:
+        return [
+            {
+                "trial_id": row["trial_id"],
+                "valid_ndcg@10": round(float(row["best_valid_ndcg@10"]), 4),
+                "epochs": int(row["iterations"]),
+                "values": {key: number_or_text(row[key]) for key in keys},
+            }
+            for row in csv.DictReader(f)
+        ]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out = Path(args.out).resolve()
@@ -84,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher = out / "pipeline" / "finetune" / "model"
     tune = step("tune", args, out, [f"distill.teacher={teacher}", f"tune.num_samples={args.trials}"])
     result = {"config": args.config, "overrides": args.overrides, **figures(pipeline, tune)}
+    result["trials"] = trials(out / "tune", list(tune["best"]["values"]))
     (out / "sparse_defaults.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return result

@@ -39,3 +39,14 @@ def test_targets_read_validation_only(bench) -> None:
 def test_bad_arguments_are_refused(bench) -> None:
     with pytest.raises(SystemExit):
         bench.parse_args(["--trials", "0"])
+
+
+def test_trials_lists_the_search_best_first(bench, tmp_path: Path) -> None:
+    (tmp_path / "results.csv").write_text(
+        "trial_id,status,best_valid_ndcg@10,iterations,distill.lr,student.dropout,teacher.arch,trial_dir\n"
+        "b,TERMINATED,0.12346,20,0.002,0.1,llama,/x/b\n"
+        "a,TERMINATED,0.05,2,0.0005,0.3,gpt2,/x/a\n"
+    )
+    rows = bench.trials(tmp_path, ["distill.lr", "student.dropout", "teacher.arch"])
+    assert [(r["trial_id"], r["valid_ndcg@10"], r["epochs"]) for r in rows] == [("b", 0.1235, 20), ("a", 0.05, 2)]
+    assert rows[0]["values"] == {"distill.lr": 0.002, "student.dropout": 0.1, "teacher.arch": "llama"}
