@@ -391,6 +391,10 @@ class UpdateConfig(Section):
     event_log: str | None = None  # the event log to learn from (None: serve.event_log)
     epochs: int = Field(3, ge=1)  # the warm start's budget, for the teacher and for the student
     lr: float = Field(1e-3, gt=0)  # the training default: new items start from scratch and must be learnt
+    # The student's contrastive term during the warm start (distill.lambda_ssl, whose default is 0, is not
+    # used here): with fresh vectors and a few steps, it is what brings new items into the top-K. Measured
+    # (tests/serve/test_update.py, tiny run): without it no new item reached any of 40 new users' top 10.
+    lambda_ssl: float = Field(0.1, ge=0)
     # Promote unless the candidate's NDCG@10 on the held-out events is below the serving model's by more than this
     promote_margin: float = Field(0.0, ge=0)
     holdout_fraction: float = Field(0.1, gt=0, lt=1)  # the newest new events, by time: evaluated on, never trained

@@ -16,7 +16,7 @@ RUN/finetune/model is its teacher and RUN/student/model its student):
    base dataset, so old ids keep their indices and new users and items are appended (item text where the
    item file has it); negative events (`data.negative_events`) are left out, repeats of a row dropped;
 3. teacher, student: the fine-tune and the distillation continued from the base models' weights
-   (`init_from`; new items start fresh) for `update.epochs` at `update.lr`;
+   (`init_from`; new items start fresh) for `update.epochs` at `update.lr` (the student with `update.lambda_ssl`);
 4. evaluate: the candidate student and the serving one (the base run's) on the held-out events, each user's
    first held-out positive with everything before it as history (raysys.eval.holdout);
 5. promote: when the candidate's NDCG@10 is not below the serving model's by more than `update.promote_margin`;
@@ -171,7 +171,8 @@ def updated_config(cfg: Config, base: Path, dataset, source: Path) -> Config:
         data = data.model_copy(update={"item_path": str(items), "item_text_fields": ["text"]})
     budget = {"epochs": cfg.update.epochs, "lr": cfg.update.lr}
     finetune = cfg.finetune.model_copy(update={"init_from": str(base / "finetune" / "model"), **budget})
-    distill = cfg.distill.model_copy(update={"init_from": str(base / "student" / "model"), **budget})
+    student = {"init_from": str(base / "student" / "model"), "lambda_ssl": cfg.update.lambda_ssl, **budget}
+    distill = cfg.distill.model_copy(update=student)
     return cfg.model_copy(update={"data": data, "finetune": finetune, "distill": distill})
 
 

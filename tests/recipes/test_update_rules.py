@@ -46,6 +46,7 @@ def test_the_update_trains_on_its_source_over_the_base_vocabulary_with_the_base_
     assert cfg.finetune.init_from == str(base / "finetune" / "model")
     assert cfg.distill.init_from == str(base / "student" / "model")
     assert (cfg.finetune.epochs, cfg.distill.lr) == (cfg.update.epochs, cfg.update.lr)
+    assert cfg.distill.lambda_ssl == cfg.update.lambda_ssl == 0.1  # not distill's default (0)
     item_file = resolve_source(cfg.data).item_file
     read = read_item_text(item_file)  # the same texts, so the embeddings cached for the base serve the update
     assert read.to_pylist() == texts.select(["item_id", "text"]).to_pylist()

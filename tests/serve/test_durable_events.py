@@ -80,9 +80,15 @@ def test_acknowledged_events_and_items_survive_a_killed_store(served, brute_forc
 
 def store_rss() -> int:
     import psutil
+    from ray._private.worker import get_dashboard_url
     from ray.util.state import list_actors
 
-    (actor,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if "LiveStore" in a.class_name]
+    # This session's cluster, by its dashboard (RAY_ADDRESS, "local" here, would outrank an `address`
+    # argument and find every Ray on the machine): another Ray running beside must not confuse the search.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_API_SERVER_ADDRESS", f"http://{get_dashboard_url()}")
+        alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+    (actor,) = [a for a in alive if "LiveStore" in a.class_name]
     return psutil.Process(actor.pid).memory_info().rss
 
 
